@@ -1,0 +1,43 @@
+# Every target works on a fresh machine: the first one that needs Python creates .venv and
+# installs the project with all its extras into it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck unit crds demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The whole test suite: lint, type check, CRDs up to date, then every test.
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Regenerate crds/ from the pydantic models (tests fail when they drift).
+crds: $(STAMP)
+	$(BIN)/mlops-operator crds --output-dir crds
+
+## The product's story in the local sandbox (no cluster, no Docker).
+demo: $(STAMP)
+	$(BIN)/mlops-operator demo
+
+## Benchmarks: numbers, machine and versions into BENCHMARKS.md (never asserted by tests).
+bench: $(STAMP)
+	$(BIN)/python -m mlops_operator.bench --output BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

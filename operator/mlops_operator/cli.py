@@ -1,0 +1,58 @@
+"""The one command, ``mlops-operator``, and its subcommands.
+
+Each subcommand lives in the module that owns its behaviour and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. They are imported lazily, so that the
+operator image does not need the trainer's or the server's dependencies and the other way
+round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mlops_operator import __version__
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("mlops_operator.controllers.runtime", "run the operator (kopf) against the current cluster"),
+    "crds": ("mlops_operator.api.crdgen", "write the CustomResourceDefinitions generated from the API models"),
+    "train": ("mlops_operator.trainer.cli", "run one training (the entry point of a TrainingJob's pod)"),
+    "serve": ("mlops_operator.serving.cli", "serve a registered model over HTTP (/predict and Open Inference v2)"),
+    "sandbox": ("mlops_operator.sandbox.cli", "a local cluster on this machine: emulated API server + runtime"),
+    "demo": ("mlops_operator.demo", "the product's story, end to end, in the local sandbox"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops-operator", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mlops-operator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            # The image this runs in lacks the extra this subcommand needs: say which.
+            sub_parser.set_defaults(_unavailable=f"{name}: not installed in this environment ({exc})")
+            continue
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unavailable = getattr(args, "_unavailable", None)
+    if unavailable:
+        print(f"mlops-operator {unavailable}", file=sys.stderr)
+        return 2
+    result: int = args._run(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
