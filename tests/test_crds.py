@@ -62,11 +62,17 @@ def test_schema_is_structural_and_bounded(name: str) -> None:
         if "type" not in node:
             problems.append(f"{path}: no type")
         kind = node.get("type")
-        if kind == "string" and not ({"maxLength", "enum"} & node.keys() or node.get("format") == "date-time"):
+        if kind == "string" and not (
+            {"maxLength", "enum"} & node.keys() or node.get("format") == "date-time"
+        ):
             problems.append(f"{path}: unbounded string")
         if kind == "array" and "maxItems" not in node:
             problems.append(f"{path}: unbounded list")
-        if kind == "object" and isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+        if (
+            kind == "object"
+            and isinstance(node.get("additionalProperties"), dict)
+            and "maxProperties" not in node
+        ):
             problems.append(f"{path}: unbounded map")
     assert problems == []
 

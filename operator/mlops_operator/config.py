@@ -37,19 +37,30 @@ class Settings(BaseSettings):
         default=f"{IMAGE_REGISTRY}/server:{__version__}",
         description="Image of InferenceService pods (runs `mlops-operator serve`).",
     )
-    image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of pods the operator creates.")
-    metrics_port: int = Field(default=8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off).")
-    liveness_port: int = Field(default=8081, ge=0, le=65535, description="Port of kopf's /healthz probe (0: off).")
+    image_pull_policy: str = Field(
+        default="IfNotPresent", description="imagePullPolicy of pods the operator creates."
+    )
+    metrics_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off)."
+    )
+    liveness_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of kopf's /healthz probe (0: off)."
+    )
     worker_limit: int = Field(default=20, ge=1, description="kopf: concurrent workers (one per object).")
     watch_server_timeout: int = Field(
         default=300, ge=10, description="kopf: server-side watch timeout in seconds (reconnects after it)."
     )
-    watch_client_timeout: int = Field(default=330, ge=10, description="kopf: client-side watch timeout in seconds.")
+    watch_client_timeout: int = Field(
+        default=330, ge=10, description="kopf: client-side watch timeout in seconds."
+    )
     event_level: str = Field(
-        default="INFO", description="kopf: lowest log level posted as Kubernetes Events (DEBUG, INFO, WARNING)."
+        default="INFO",
+        description="kopf: lowest log level posted as Kubernetes Events (DEBUG, INFO, WARNING).",
     )
     reconcile_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between level-based re-reconciliations of each resource (timers)."
+        default=30.0,
+        gt=0,
+        description="Seconds between level-based re-reconciliations of each resource (timers).",
     )
     log_format: str = Field(default="plain", description="Log format: plain or json.")
 

@@ -21,9 +21,7 @@ from pydantic.alias_generators import to_camel
 # --- bounded scalar types ---------------------------------------------------------------------
 
 #: A DNS-1123 subdomain (object names).
-ObjectName = Annotated[
-    str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 #: A DNS-1035 label (names used inside other names: Services, containers).
 LabelName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")]
 #: A model name as MLflow registers it (letters, digits, ``._-``).
@@ -93,7 +91,9 @@ class Condition(ApiModel):
 
     type: Annotated[str, Field(min_length=1, max_length=316, pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
     status: ConditionStatus
-    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    reason: Annotated[
+        str, Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    ]
     message: Annotated[str, Field(max_length=32768)] = ""
     last_transition_time: dt.datetime
     observed_generation: Annotated[int, Field(ge=0)] | None = None
@@ -105,12 +105,14 @@ Conditions = Annotated[list[Condition], Field(max_length=16)]
 class ModelRef(ApiModel):
     """A registered model in MLflow and which of its versions to use."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "(has(self.version) ? 1 : 0) + (has(self.alias) ? 1 : 0) + (has(self.track) ? 1 : 0) <= 1",
-            "set at most one of version, alias and track",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "(has(self.version) ? 1 : 0) + (has(self.alias) ? 1 : 0) + (has(self.track) ? 1 : 0) <= 1",
+                "set at most one of version, alias and track",
+            ),
+        )
+    )
 
     name: ModelName = Field(description="The registered model's name in MLflow.")
     version: Annotated[str, Field(max_length=16, pattern=r"^[1-9][0-9]*$")] | None = Field(
@@ -139,20 +141,25 @@ class ResourceRequirements(ApiModel):
 class ValidationGate(ApiModel):
     """A metric threshold a model must meet: an absolute bound, or a margin against production."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "has(self.min) || has(self.max) || has(self.minDeltaVsProduction)",
-            "a gate needs at least one of min, max, minDeltaVsProduction",
-        ),
-        ("!has(self.min) || !has(self.max) || double(self.min) <= double(self.max)", "min must be <= max"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.min) || has(self.max) || has(self.minDeltaVsProduction)",
+                "a gate needs at least one of min, max, minDeltaVsProduction",
+            ),
+            (
+                "!has(self.min) || !has(self.max) || double(self.min) <= double(self.max)",
+                "min must be <= max",
+            ),
+        )
+    )
 
     metric: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
     min: Decimal_ | None = None
     max: Decimal_ | None = None
     min_delta_vs_production: Decimal_ | None = Field(
         default=None,
-        description='The candidate\'s metric minus production\'s must be >= this ("0": at least as good).',
+        description="The candidate's metric minus production's must be >= this (\"0\": at least as good).",
     )
 
 

@@ -35,7 +35,9 @@ _REASON = ".status.conditions[?(@.type=='Ready')].reason"
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
 
-def _column(name: str, json_path: str, type_: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
+def _column(
+    name: str, json_path: str, type_: str = "string", priority: int = 0, description: str = ""
+) -> dict[str, Any]:
     column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if priority:
         column["priority"] = priority
@@ -194,7 +196,10 @@ def build_crd(entry: dict[str, Any]) -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/name": "mlops-operator", "app.kubernetes.io/part-of": "mlops-operator"},
+            "labels": {
+                "app.kubernetes.io/name": "mlops-operator",
+                "app.kubernetes.io/part-of": "mlops-operator",
+            },
         },
         "spec": {
             "group": GROUP,
@@ -245,8 +250,12 @@ def generate() -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", "-o", default="crds", help="where to write the YAML files (default: crds)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ, write nothing")
+    parser.add_argument(
+        "--output-dir", "-o", default="crds", help="where to write the YAML files (default: crds)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the files on disk differ, write nothing"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,18 +24,22 @@ PLURAL = "inferenceservices"
 
 
 class InferenceModelRef(ModelRef):
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "(has(self.version) ? 1 : 0) + (has(self.alias) ? 1 : 0) + (has(self.track) ? 1 : 0) == 1",
-            "set exactly one of version, alias and track",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "(has(self.version) ? 1 : 0) + (has(self.alias) ? 1 : 0) + (has(self.track) ? 1 : 0) == 1",
+                "set exactly one of version, alias and track",
+            ),
+        )
+    )
 
 
 class Autoscaling(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+        )
+    )
 
     min_replicas: Annotated[int, Field(ge=1, le=100)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=100)]
@@ -55,9 +59,11 @@ AnalysisMetricName = Literal["error-rate", "latency-p99", "accuracy", "drift-sha
 
 
 class AnalysisMetric(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("has(self.min) || has(self.max)", "an analysis metric needs min or max"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.min) || has(self.max)", "an analysis metric needs min or max"),
+        )
+    )
 
     name: AnalysisMetricName
     min: Decimal_ | None = None
@@ -65,21 +71,25 @@ class AnalysisMetric(ApiModel):
 
 
 class Analysis(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        (
-            "[1, 2, 3, 4, 5, 6, 7, 8, 9].all(i, i >= size(self.stepWeights) "
-            "|| self.stepWeights[i - 1] < self.stepWeights[i])",
-            "stepWeights must be strictly ascending",
-            ".stepWeights",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9].all(i, i >= size(self.stepWeights) "
+                "|| self.stepWeights[i - 1] < self.stepWeights[i])",
+                "stepWeights must be strictly ascending",
+                ".stepWeights",
+            ),
+        )
+    )
 
     interval: Duration = "30s"
     threshold: Annotated[int, Field(ge=1, le=100)] = Field(
         default=3, description="Failed checks before the canary is rolled back."
     )
-    step_weights: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10)] = Field(
-        default_factory=lambda: [10, 25, 50], description="Canary traffic percentages, ascending, <= 100."
+    step_weights: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=10)] = (
+        Field(
+            default_factory=lambda: [10, 25, 50], description="Canary traffic percentages, ascending, <= 100."
+        )
     )
     min_samples: Annotated[int, Field(ge=0, le=10_000_000)] = 200
     metrics: Annotated[list[AnalysisMetric], Field(max_length=8)] | None = None
@@ -102,7 +112,9 @@ class DriftMonitoring(ApiModel):
 class AccuracyMonitoring(ApiModel):
     window: Annotated[int, Field(ge=1, le=1_000_000)] = 500
     min: Fraction = "0.85"
-    max_drop: Fraction = Field(default="0.05", description="Alert when accuracy falls this far below training's.")
+    max_drop: Fraction = Field(
+        default="0.05", description="Alert when accuracy falls this far below training's."
+    )
 
 
 class Monitoring(ApiModel):
@@ -111,10 +123,14 @@ class Monitoring(ApiModel):
     accuracy: AccuracyMonitoring = Field(default_factory=AccuracyMonitoring)
 
 
+RetrainTrigger = Literal["Drift", "AccuracyDrop"]
+_ALL_TRIGGERS: list[RetrainTrigger] = ["Drift", "AccuracyDrop"]
+
+
 class Retraining(ApiModel):
     training_job: ObjectName
-    on: Annotated[list[Literal["Drift", "AccuracyDrop"]], Field(min_length=1, max_length=2)] = Field(
-        default_factory=lambda: ["Drift", "AccuracyDrop"]
+    triggers: Annotated[list[RetrainTrigger], Field(min_length=1, max_length=2)] = Field(
+        default_factory=lambda: list(_ALL_TRIGGERS)
     )
     cooldown: Duration = "1h"
     drift_periods: Annotated[int, Field(ge=1, le=100)] = Field(
@@ -131,9 +147,11 @@ class Server(ApiModel):
 
 
 class InferenceServiceSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("!has(self.replicas) || !has(self.autoscaling)", "set replicas or autoscaling, not both"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!has(self.replicas) || !has(self.autoscaling)", "set replicas or autoscaling, not both"),
+        )
+    )
 
     model: InferenceModelRef
     runtime: Literal["auto", "uvicorn", "bentoml"] = Field(
@@ -184,7 +202,9 @@ class RolloutStatus(ApiModel):
 class MonitoringStatus(ApiModel):
     state: Literal["Ok", "Drift", "InsufficientData", "Unknown"] = "Unknown"
     drift_share: Decimal_ | None = None
-    drifted_features: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] | None = None
+    drifted_features: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] | None = (
+        None
+    )
     accuracy: Decimal_ | None = None
     samples: Annotated[int, Field(ge=0)] = 0
     labelled_samples: Annotated[int, Field(ge=0)] = 0

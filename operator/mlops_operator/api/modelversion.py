@@ -28,10 +28,15 @@ Alias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-
 class ModelVersionRef(ModelRef):
     """The model and exactly one of version/alias (a ModelVersion does not track)."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("has(self.version) != has(self.alias)", "set exactly one of version and alias"),
-        ("!has(self.track)", "track is for InferenceServices; a ModelVersion names a version or an alias"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.version) != has(self.alias)", "set exactly one of version and alias"),
+            (
+                "!has(self.track)",
+                "track is for InferenceServices; a ModelVersion names a version or an alias",
+            ),
+        )
+    )
 
 
 class Source(ApiModel):
@@ -64,14 +69,16 @@ class ModelCard(ApiModel):
 
 
 class ModelVersionSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.model.name == oldSelf.model.name", "model.name is immutable", ".model.name"),
-        (
-            "!has(oldSelf.model.version) || (has(self.model.version) && self.model.version == oldSelf.model.version)",
-            "model.version is immutable",
-            ".model.version",
-        ),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.model.name == oldSelf.model.name", "model.name is immutable", ".model.name"),
+            (
+                "!has(oldSelf.model.version) || (has(self.model.version) && self.model.version == oldSelf.model.version)",
+                "model.version is immutable",
+                ".model.version",
+            ),
+        )
+    )
 
     model: ModelVersionRef
     source: Source | None = None
@@ -100,7 +107,9 @@ class ModelVersionStatus(ApiModel):
     conditions: Conditions | None = None
     phase: Literal["Pending", "Validated", "Rejected", "Failed"] | None = None
     resolved_version: Annotated[str, Field(max_length=16)] | None = None
-    uri: Annotated[str, Field(max_length=2048)] | None = Field(default=None, description="models:/NAME/VERSION")
+    uri: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None, description="models:/NAME/VERSION"
+    )
     run_id: Annotated[str, Field(max_length=64)] | None = None
     aliases: Annotated[list[Alias], Field(max_length=16)] | None = None
     gate_results: Annotated[list[GateResult], Field(max_length=16)] | None = None

@@ -24,8 +24,14 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 
 MetricName = Literal[
-    "accuracy", "precision", "recall", "f1", "roc_auc",  # classifiers
-    "rmse", "mae", "r2",                                 # regressors
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",  # classifiers
+    "rmse",
+    "mae",
+    "r2",  # regressors
 ]
 
 
@@ -70,7 +76,9 @@ class EnvFromSecret(ApiModel):
 
 
 class Dataset(ApiModel):
-    uri: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^(sklearn|file|https?|s3|gs)://.+$")] = Field(
+    uri: Annotated[
+        str, Field(min_length=1, max_length=2048, pattern=r"^(sklearn|file|https?|s3|gs)://.+$")
+    ] = Field(
         description="sklearn://iris|wine|breast_cancer|diabetes, file:///x.csv, https://.../x.parquet, s3://bucket/key"
     )
     format: Literal["auto", "csv", "parquet"] = "auto"
@@ -87,9 +95,11 @@ class Dataset(ApiModel):
 class Search(ApiModel):
     """Hyperparameter search; every trial is a nested MLflow run."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("self.type != 'random' || has(self.maxTrials)", "random search needs maxTrials", ".maxTrials"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("self.type != 'random' || has(self.maxTrials)", "random search needs maxTrials", ".maxTrials"),
+        )
+    )
 
     type: Literal["grid", "random"] = "grid"
     params: dict[str, Any] = Field(
@@ -134,10 +144,15 @@ class ModelCardTemplate(ApiModel):
 
 
 class TrainingJobSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra=cel(
-        ("!has(self.startingDeadlineSeconds) || has(self.schedule)", "startingDeadlineSeconds needs a schedule"),
-        ("!has(self.timeZone) || has(self.schedule)", "timeZone needs a schedule"),
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.startingDeadlineSeconds) || has(self.schedule)",
+                "startingDeadlineSeconds needs a schedule",
+            ),
+            ("!has(self.timeZone) || has(self.schedule)", "timeZone needs a schedule"),
+        )
+    )
 
     model: TrainingJobModel
     dataset: Dataset
@@ -186,7 +201,9 @@ class TrainingJobStatus(ApiModel):
     phase: Annotated[str, Field(max_length=32)] | None = None
     runs: Annotated[list[TrainingRun], Field(max_length=210)] | None = None
     last_run: TrainingRun | None = None
-    latest_model_version: ObjectName | None = Field(default=None, description="The ModelVersion last created.")
+    latest_model_version: ObjectName | None = Field(
+        default=None, description="The ModelVersion last created."
+    )
     last_schedule_time: dt.datetime | None = None
     next_schedule_time: dt.datetime | None = None
     run_count: Annotated[int, Field(ge=0)] = 0

@@ -1,0 +1,93 @@
+"""A corpus of bad manifests: each is rejected with the offending field named.
+
+Two enforcers are checked here, offline: the operator's own parse (pydantic schema + the
+CRD's CEL rules, evaluated with cel-python), which is what protects a cluster that skips CEL;
+and the CEL rules alone for the cross-field cases. The API-server path (422 from the schema)
+is exercised against the emulated API server in test_apiserver_crds.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from mlops_operator.api import cel
+from mlops_operator.api.inferenceservice import InferenceServiceSpec
+from mlops_operator.api.modelversion import ModelVersionSpec
+from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.controllers.base import parse_spec
+from mlops_operator.controllers.metrics import InvalidSpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASES: dict[str, tuple[Path, type[BaseModel]]] = {
+    "trainingjob": (ROOT / "examples/iris-trainingjob.yaml", TrainingJobSpec),
+    "modelversion": (ROOT / "examples/iris-modelversion.yaml", ModelVersionSpec),
+    "inferenceservice": (ROOT / "examples/iris-inferenceservice.yaml", InferenceServiceSpec),
+}
+CORPUS: list[dict[str, Any]] = yaml.safe_load((ROOT / "tests/data/bad_manifests.yaml").read_text())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def bad_manifest(case: dict[str, Any]) -> tuple[dict[str, Any], type[BaseModel]]:
+    path, model = BASES[case["base"]]
+    return merge_patch(yaml.safe_load(path.read_text()), case["patch"]), model
+
+
+def test_corpus_is_large_and_covers_every_kind() -> None:
+    assert len(CORPUS) >= 20
+    assert {case["base"] for case in CORPUS} == set(BASES)
+    assert len({case["id"] for case in CORPUS}) == len(CORPUS)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_examples_are_valid(base: str) -> None:
+    path, model = BASES[base]
+    manifest = yaml.safe_load(path.read_text())
+    parse_spec(model, manifest["spec"])
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case["id"] for case in CORPUS])
+def test_operator_rejects_bad_spec_naming_the_field(case: dict[str, Any]) -> None:
+    manifest, model = bad_manifest(case)
+    with pytest.raises(InvalidSpecError) as info:
+        parse_spec(model, manifest["spec"])
+    message = str(info.value)
+    assert f"{case['field']}:" in message or f"{case['field']}." in message, message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [case for case in CORPUS if case.get("cel")],
+    ids=[case["id"] for case in CORPUS if case.get("cel")],
+)
+def test_cross_field_rules_are_cel_rules(case: dict[str, Any]) -> None:
+    manifest, model = bad_manifest(case)
+    # The per-field schema accepts it: only the CEL rule (or the operator) can catch it.
+    model.model_validate(manifest["spec"])
+    violations = cel.validate_model(model, manifest["spec"])
+    assert [violation.field for violation in violations] == [case["field"]]
+
+
+def test_transition_rule_keeps_model_name_immutable() -> None:
+    manifest, _ = bad_manifest({"base": "modelversion", "patch": {}})
+    renamed = merge_patch(manifest, {"spec": {"model": {"name": "other-model"}}})
+    violations = cel.validate_model(ModelVersionSpec, renamed["spec"], old=manifest["spec"])
+    assert [(v.field, v.message) for v in violations] == [("spec.model.name", "model.name is immutable")]
+    assert cel.validate_model(ModelVersionSpec, manifest["spec"], old=manifest["spec"]) == []
