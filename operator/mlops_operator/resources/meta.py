@@ -46,7 +46,7 @@ def labels(
     return {key: label_value(value) for key, value in result.items()}
 
 
-_LABEL_INVALID = re.compile(r"[^A-Za-z0-9._-]")
+_LABEL_INVALID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def label_value(value: str) -> str:
