@@ -183,6 +183,7 @@ RunPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 class TrainingRun(ApiModel):
     name: ObjectName = Field(description="The Job's name.")
+    number: Annotated[int, Field(ge=1)]
     phase: RunPhase
     trigger: Literal["Create", "Schedule", "Manual", "Retrain", "SpecChange"] = "Create"
     start_time: dt.datetime | None = None
@@ -191,8 +192,9 @@ class TrainingRun(ApiModel):
     message: Annotated[str, Field(max_length=4096)] | None = None
     mlflow_run_id: Annotated[str, Field(max_length=64)] | None = None
     model_version: Annotated[str, Field(max_length=16)] | None = None
+    model_version_name: ObjectName | None = Field(default=None, description="The ModelVersion this run created.")
     metrics: Annotated[dict[str, Annotated[str, Field(max_length=32)]], Field(max_length=32)] | None = None
-    attempts: Annotated[int, Field(ge=0)] = 0
+    attempts: Annotated[int, Field(ge=0)] = Field(default=0, description="Pods started for this run (retries + 1).")
 
 
 class TrainingJobStatus(ApiModel):
@@ -209,6 +211,9 @@ class TrainingJobStatus(ApiModel):
     run_count: Annotated[int, Field(ge=0)] = 0
     last_handled_request: Annotated[str, Field(max_length=64)] | None = Field(
         default=None, description="The mlops.dev/run-requested-at value last acted on."
+    )
+    last_run_spec_hash: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, description="Digest of the training-relevant spec the last run was started with."
     )
 
 

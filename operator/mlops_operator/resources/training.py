@@ -1,0 +1,182 @@
+"""Builders for what a TrainingJob owns or produces: the run's Job and the ModelVersion (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlops_operator import API_VERSION, __version__
+from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.resources.meta import child_name, label_value, labels, owner_reference
+from mlops_operator.resources.pods import restricted_container_security, restricted_pod_security
+
+CONTAINER = "trainer"
+#: The trainer exits with this code when retrying cannot help (bad data, bad spec); the Job's
+#: podFailurePolicy then fails the Job at once instead of burning its backoffLimit.
+PERMANENT_FAILURE_EXIT_CODE = 3
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+def run_name(trainingjob: str, number: int) -> str:
+    """The Job of run ``number``: deterministic, so a retried reconcile finds it, not a twin."""
+    return child_name(trainingjob, str(number))
+
+
+def build_training_job(
+    owner: dict[str, Any],
+    spec: TrainingJobSpec,
+    *,
+    number: int,
+    trigger: str,
+    image: str,
+    mlflow_tracking_uri: str,
+    image_pull_policy: str = "IfNotPresent",
+    code_version: str = __version__,
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job of one training run."""
+    name = run_name(owner["metadata"]["name"], number)
+    namespace = owner["metadata"].get("namespace", "default")
+    run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
+    env: list[dict[str, Any]] = [
+        {"name": "MLOPS_TRAININGJOB_SPEC", "value": json.dumps(spec.to_api(), sort_keys=True)},
+        {"name": "MLOPS_TRAININGJOB_NAME", "value": owner["metadata"]["name"]},
+        {"name": "MLOPS_TRAININGJOB_NAMESPACE", "value": namespace},
+        {"name": "MLOPS_RUN_NAME", "value": name},
+        {"name": "MLOPS_RUN_TRIGGER", "value": trigger},
+        {"name": "MLOPS_IMAGE", "value": image},
+        {"name": "MLOPS_CODE_VERSION", "value": code_version},
+        {"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    for item in spec.dataset.env or []:
+        env.append(
+            {
+                "name": item.name,
+                "valueFrom": {
+                    "secretKeyRef": {"name": item.secret_key_ref.name, "key": item.secret_key_ref.key}
+                },
+            }
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": ["mlops-operator", "train"],
+        "env": env,
+        "securityContext": restricted_container_security(),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.resources is not None:
+        container["resources"] = spec.resources.to_api()
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": run_labels,
+            "annotations": {"mlops.dev/trigger": trigger},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": [PERMANENT_FAILURE_EXIT_CODE],
+                        },
+                    },
+                    # A pod evicted or preempted is not the trainer's fault: do not count it.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": dict(run_labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def model_version_name(model: str, version: str) -> str:
+    """``<model>-v<version>``, as a valid object name."""
+    return child_name(model, f"v{version}", max_length=253)
+
+
+def build_model_version(
+    owner: dict[str, Any], spec: TrainingJobSpec, result: dict[str, Any], run: str
+) -> dict[str, Any]:
+    """The ModelVersion a successful run produces, from the trainer's result message.
+
+    It has no ownerReference on purpose: a ModelVersion records what is registered in MLflow
+    and may be served; deleting the TrainingJob that produced it must not take it away.
+    """
+    version = str(result["modelVersion"])
+    card = spec.model_card
+    model_card = {
+        key: value
+        for key, value in {
+            "description": spec.model.description,
+            "intendedUse": card.intended_use if card else None,
+            "limitations": card.limitations if card else None,
+            "owners": card.owners if card else None,
+        }.items()
+        if value
+    }
+    dataset = result.get("dataset") or {}
+    lineage: dict[str, Any] = {
+        "trainingJob": owner["metadata"]["name"],
+        "runName": run,
+        "dataset": {k: v for k, v in dataset.items() if k in ("uri", "sha256", "rows") and v is not None},
+        "params": result.get("params") or {},
+        "estimator": result.get("estimator") or spec.estimator.class_,
+        "codeVersion": result.get("codeVersion") or "",
+        "image": result.get("image") or "",
+    }
+    body: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": model_version_name(spec.model.name, version),
+            "namespace": owner["metadata"].get("namespace", "default"),
+            "labels": {
+                **labels(owner, "model", model=spec.model.name),
+                "mlops.dev/model": label_value(spec.model.name),
+                "mlops.dev/model-version": version,
+            },
+        },
+        "spec": {
+            "model": {"name": spec.model.name, "version": version},
+            "source": {
+                key: value
+                for key, value in {
+                    "runId": result.get("mlflowRunId"),
+                    "artifactUri": result.get("artifactUri"),
+                    "sha256": result.get("sha256"),
+                }.items()
+                if value
+            },
+            "metrics": {str(k): str(v) for k, v in (result.get("metrics") or {}).items()},
+            "lineage": lineage,
+        },
+    }
+    if spec.evaluation.gates:
+        body["spec"]["gates"] = [gate.to_api() for gate in spec.evaluation.gates]
+    if model_card:
+        body["spec"]["modelCard"] = model_card
+    return body
