@@ -14,21 +14,26 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import kopf
 from pydantic import BaseModel, ValidationError
 
 from mlops_operator.api import cel
+from mlops_operator.config import get_settings
 from mlops_operator.controllers.conditions import set_condition
 from mlops_operator.controllers.metrics import InvalidSpecError, reconcile_metrics
 from mlops_operator.kube import Kube
+
+if TYPE_CHECKING:
+    from mlops_operator.registry.client import Registry
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 _kube: Kube | None = None
+_registry: Registry | None = None
 
 
 def get_kube() -> Kube:
@@ -43,6 +48,22 @@ def set_kube(kube: Kube | None) -> None:
     """Replace the API client (tests point it at the emulated API server)."""
     global _kube
     _kube = kube
+
+
+def get_registry() -> Registry:
+    """The process-wide MLflow registry client (from ``MLOPS_MLFLOW_TRACKING_URI``)."""
+    global _registry
+    if _registry is None:
+        from mlops_operator.registry.client import Registry
+
+        _registry = Registry(get_settings().mlflow_tracking_uri)
+    return _registry
+
+
+def set_registry(registry: Registry | None) -> None:
+    """Replace the registry client (tests point it at a local MLflow)."""
+    global _registry
+    _registry = registry
 
 
 def _lock_for(uid: str) -> threading.Lock:
