@@ -13,6 +13,7 @@ event loop never blocks on the API.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,9 @@ class Kube:
         try:
             kubernetes.config.load_incluster_config()
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+            # The client computes its default path from $KUBECONFIG at import; read it now.
+            kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+            return cls(kubernetes.config.new_client_from_config(config_file=kubeconfig))
         return cls(kubernetes.client.ApiClient())
 
     def _call(

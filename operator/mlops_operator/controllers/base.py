@@ -6,6 +6,11 @@ wraps it for kopf: it parses the spec into the pydantic model (an invalid spec b
 ``Ready=False, reason=InvalidSpec`` with the field named, a Warning Event once, and no
 retries), serialises reconciliations of one object (event handlers and timers may overlap),
 writes ``status`` only when it changed, and posts an Event whenever a condition flips.
+
+Status is read fresh and written through the ``/status`` subresource *inside* the per-object
+lock, not through kopf's ``patch``: kopf applies ``patch`` after the handler returns, so a
+timer that started meanwhile would still see the old status, decide the same flip again and
+post a second Event. Reading and writing under one lock makes "flip -> one Event" exact.
 """
 
 from __future__ import annotations
@@ -184,16 +189,15 @@ def reconcile(
     reconciler: Reconciler[SpecT],
     *,
     body: Mapping[str, Any],
-    patch: kopf.Patch,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
-    """Run one reconciliation of ``body`` and record its outcome in ``patch.status`` and Events."""
+    """Run one reconciliation of the object ``body`` names; record the outcome in status and Events."""
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
     try:
         with _lock_for(str(meta.get("uid") or meta["name"])), reconcile_metrics(kind):
-            _reconcile_locked(model, reconciler, body=body, patch=patch, logger=logger)
+            _reconcile_locked(kind, model, reconciler, body=body, logger=logger)
     except InvalidSpecError:
         # Recorded in status and (once) in a Warning Event. Not re-raised: kopf would retry or
         # post an error Event on every timer tick; nothing can change until the spec does.
@@ -201,51 +205,70 @@ def reconcile(
 
 
 def _reconcile_locked(
+    kind: str,
     model: type[SpecT],
     reconciler: Reconciler[SpecT],
     *,
     body: Mapping[str, Any],
-    patch: kopf.Patch,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
+    kube = get_kube()
     meta = body["metadata"]
-    old_status = dict(body.get("status") or {})
-    generation = meta.get("generation")
+    fresh = kube.get(kind, meta.get("namespace"), meta["name"])
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        return  # deleted meanwhile: nothing to converge
+    old_status = dict(fresh.get("status") or {})
+    generation = fresh["metadata"].get("generation")
     events: list[tuple[str, str, str]] = []
     try:
-        spec = parse_spec(model, body.get("spec"))
+        spec = parse_spec(model, fresh.get("spec"))
     except InvalidSpecError as exc:
-        new_status = dict(old_status)
-        new_status["conditions"] = set_condition(
-            old_status.get("conditions"), "Ready", "False", "InvalidSpec", str(exc), generation=generation
+        _write(
+            kube, kind, fresh, old_status, _invalid_status(old_status, str(exc), generation), events, logger
         )
-        if generation is not None:
-            new_status["observedGeneration"] = generation
-        _write(body, patch, old_status, new_status, events, logger)
         raise
     ctx: Context[SpecT] = Context(
-        body=body, spec=spec, status=old_status, kube=get_kube(), logger=logger, events=events
+        body=fresh, spec=spec, status=old_status, kube=kube, logger=logger, events=events
     )
-    new_status = reconciler(ctx)
+    try:
+        new_status = reconciler(ctx)
+    except InvalidSpecError as exc:
+        # A problem only the controller can see (an invalid cron expression, say).
+        _write(
+            kube, kind, fresh, old_status, _invalid_status(old_status, str(exc), generation), events, logger
+        )
+        raise
     if generation is not None:
         new_status["observedGeneration"] = generation
-    _write(body, patch, old_status, new_status, events, logger)
+    _write(kube, kind, fresh, old_status, new_status, events, logger)
+
+
+def _invalid_status(old: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:
+    status = dict(old)
+    status["conditions"] = set_condition(
+        old.get("conditions"), "Ready", "False", "InvalidSpec", message, generation=generation
+    )
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
 
 
 def _write(
+    kube: Kube,
+    kind: str,
     body: Mapping[str, Any],
-    patch: kopf.Patch,
     old: dict[str, Any],
     new: dict[str, Any],
     events: list[tuple[str, str, str]],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
-    changes = {key: value for key, value in new.items() if old.get(key) != value}
+    """Patch the changed status fields (merge patch: None deletes), then post the Events."""
+    changes: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
     for key in old.keys() - new.keys():
-        changes[key] = None  # merge-patch deletion
+        changes[key] = None
     if changes:
-        for key, value in changes.items():
-            patch.status[key] = value
+        meta = body["metadata"]
+        kube.patch_status(kind, meta.get("namespace"), meta["name"], changes)
     for type_, reason, message in (
         _condition_events(old.get("conditions") or [], new.get("conditions") or []) + events
     ):

@@ -21,10 +21,34 @@ from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.api.trainingjob import PLURAL as TJ
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.config import get_settings
-from mlops_operator.controllers import base, inferenceservice, modelversion, trainingjob
+from mlops_operator.controllers import base, inferenceservice, modelversion, runtime, trainingjob
 
 INTERVAL = get_settings().reconcile_interval
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+# --- the operator itself ------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    runtime.configure(settings)
+    runtime.start_metrics_server()
+
+
+@kopf.on.login()
+def on_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: ``$KUBECONFIG`` as it is *now*.
+
+    kopf's default login goes through the kubernetes client, which reads ``$KUBECONFIG`` once,
+    at import time; reading it at login makes the operator follow the environment it is run in.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.probe(id="controllers")
+def liveness_probe(**_: Any) -> str:
+    return "ok"
 
 
 # --- TrainingJob --------------------------------------------------------------------------------
@@ -35,10 +59,8 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 @kopf.on.update(GROUP, VERSION, TJ, id="reconcile-update")
 @kopf.on.update(GROUP, VERSION, TJ, id="run-request", field=("metadata", "annotations"))
 @kopf.timer(GROUP, VERSION, TJ, interval=INTERVAL, id="reconcile-timer")
-def reconcile_trainingjob(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-    base.reconcile(
-        "TrainingJob", TrainingJobSpec, trainingjob.reconcile, body=body, patch=patch, logger=logger
-    )
+def reconcile_trainingjob(body: kopf.Body, logger: Logger, **_: Any) -> None:
+    base.reconcile("TrainingJob", TrainingJobSpec, trainingjob.reconcile, body=body, logger=logger)
 
 
 # --- ModelVersion -------------------------------------------------------------------------------
@@ -48,10 +70,8 @@ def reconcile_trainingjob(body: kopf.Body, patch: kopf.Patch, logger: Logger, **
 @kopf.on.create(GROUP, VERSION, MV, id="reconcile-create")
 @kopf.on.update(GROUP, VERSION, MV, id="reconcile-update")
 @kopf.timer(GROUP, VERSION, MV, interval=INTERVAL, id="reconcile-timer")
-def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-    base.reconcile(
-        "ModelVersion", ModelVersionSpec, modelversion.reconcile, body=body, patch=patch, logger=logger
-    )
+def reconcile_modelversion(body: kopf.Body, logger: Logger, **_: Any) -> None:
+    base.reconcile("ModelVersion", ModelVersionSpec, modelversion.reconcile, body=body, logger=logger)
 
 
 # --- InferenceService ---------------------------------------------------------------------------
@@ -61,13 +81,12 @@ def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, logger: Logger, *
 @kopf.on.create(GROUP, VERSION, ISVC, id="reconcile-create")
 @kopf.on.update(GROUP, VERSION, ISVC, id="reconcile-update")
 @kopf.timer(GROUP, VERSION, ISVC, interval=INTERVAL, id="reconcile-timer")
-def reconcile_inferenceservice(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+def reconcile_inferenceservice(body: kopf.Body, logger: Logger, **_: Any) -> None:
     base.reconcile(
         "InferenceService",
         InferenceServiceSpec,
         inferenceservice.reconcile,
         body=body,
-        patch=patch,
         logger=logger,
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
@@ -43,18 +42,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.peering.standalone = True
 
 
-@kopf.on.startup()
-def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    configure(settings)
+def start_metrics_server() -> None:
     port = get_settings().metrics_port
     if port:
         start_http_server(port, registry=REGISTRY)
         logger.info("metrics on :%d/metrics", port)
-
-
-@kopf.on.probe(id="controllers")
-def liveness_probe(**_: Any) -> str:
-    return "ok"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
