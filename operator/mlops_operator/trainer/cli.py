@@ -1,0 +1,438 @@
+"""``mlops-operator train``: one training run, the entry point of a TrainingJob's pod.
+
+Steps, cheapest and most permanent first, so a bad spec or bad data fails in seconds without
+touching MLflow: parse the spec, check the estimator and its parameters, load and validate
+the data, then (MLflow from here on) search, fit, evaluate, log, and register as the very last
+step. The result is one JSON object, written to the termination-message file (the operator
+reads it from the pod's status) and printed as the last line of stdout.
+
+Exit codes: 0 success; 3 permanent failure (bad spec, data, estimator, parameters; the Job's
+``podFailurePolicy`` fails the Job at once); 1 transient failure (MLflow or the dataset's server
+unreachable: the Job retries up to ``backoffLimit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.trainer.errors import EXIT_OK, TrainerError
+
+log = logging.getLogger("mlops_operator.trainer")
+
+SPEC_ENV: Final = "MLOPS_TRAININGJOB_SPEC"
+TERMINATION_PATH_ENV: Final = "MLOPS_TERMINATION_MESSAGE_PATH"
+DEFAULT_TERMINATION_PATH: Final = "/dev/termination-log"
+#: The kubelet keeps at most 4096 bytes of a termination message.
+MAX_RESULT_BYTES: Final = 4096
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--spec-file",
+        type=Path,
+        default=None,
+        help=f"TrainingJob spec as JSON (default: the environment variable {SPEC_ENV})",
+    )
+    parser.add_argument(
+        "--termination-message-path",
+        default=None,
+        help=f"where to write the result JSON (default: ${TERMINATION_PATH_ENV} or {DEFAULT_TERMINATION_PATH})",
+    )
+    parser.add_argument(
+        "--max-dataset-bytes",
+        type=int,
+        default=None,
+        help="refuse larger datasets (default: MLOPS_DATASET_MAX_BYTES)",
+    )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who asked for this run, from the pod's environment (set by the operator's Job builder)."""
+
+    trainingjob: str | None
+    namespace: str | None
+    run_name: str | None
+    trigger: str | None
+    tracking_uri: str | None
+    code_version: str | None
+    image: str | None
+
+    @classmethod
+    def from_env(cls) -> RunContext:
+        env = os.environ.get
+        return cls(
+            trainingjob=env("MLOPS_TRAININGJOB_NAME") or None,
+            namespace=env("MLOPS_TRAININGJOB_NAMESPACE") or None,
+            run_name=env("MLOPS_RUN_NAME") or None,
+            trigger=env("MLOPS_RUN_TRIGGER") or None,
+            tracking_uri=env("MLFLOW_TRACKING_URI") or None,
+            code_version=env("MLOPS_CODE_VERSION") or None,
+            image=env("MLOPS_IMAGE") or None,
+        )
+
+    def experiment_name(self, model_name: str) -> str:
+        """``MLFLOW_EXPERIMENT_NAME``, else ``<namespace>/<trainingjob>``, else the model's name."""
+        explicit = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        if explicit:
+            return explicit
+        if self.namespace and self.trainingjob:
+            return f"{self.namespace}/{self.trainingjob}"
+        return model_name
+
+    def tags(self) -> dict[str, str]:
+        values = {
+            "trainingjob": self.trainingjob,
+            "namespace": self.namespace,
+            "run-name": self.run_name,
+            "trigger": self.trigger,
+            "code-version": self.code_version,
+            "image": self.image,
+        }
+        return {f"mlops.dev/{k}": v for k, v in values.items() if v}
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    context = RunContext.from_env()
+    started = time.monotonic()
+    try:
+        result = train(load_spec(args.spec_file), context, max_dataset_bytes=args.max_dataset_bytes)
+        code = EXIT_OK
+    except TrainerError as exc:
+        log.error("training failed: %s", exc)
+        result, code = failure(exc), exc.exit_code
+    except Exception as exc:  # a bug or an unforeseen library error: still a readable result
+        log.error("training failed unexpectedly:\n%s", traceback.format_exc())
+        from mlops_operator.registry.client import is_transient
+
+        error = TrainerError(
+            "MLflowUnavailable" if is_transient(exc) else "TrainingFailed", f"{type(exc).__name__}: {exc}"
+        )
+        result, code = failure(error), error.exit_code
+    log.info("finished in %.1fs with exit code %d", time.monotonic() - started, code)
+    emit(result, args.termination_message_path)
+    return code
+
+
+def load_spec(path: Path | None) -> TrainingJobSpec:
+    """The spec from ``--spec-file`` or ``$MLOPS_TRAININGJOB_SPEC``; ``InvalidSpec`` with the field's path."""
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise TrainerError("InvalidSpec", f"cannot read --spec-file {path}: {exc}") from exc
+        origin = str(path)
+    else:
+        text = os.environ.get(SPEC_ENV, "")
+        origin = SPEC_ENV
+        if not text:
+            raise TrainerError("InvalidSpec", f"no spec: pass --spec-file or set {SPEC_ENV}")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrainerError("InvalidSpec", f"{origin} is not JSON: {exc}") from exc
+    if isinstance(raw, dict) and "spec" in raw and "kind" in raw:
+        raw = raw["spec"]  # a whole TrainingJob object is accepted too
+    try:
+        return TrainingJobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"spec.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()[:10]
+        ]
+        raise TrainerError("InvalidSpec", "; ".join(problems)) from exc
+
+
+def train(
+    spec: TrainingJobSpec, context: RunContext, *, max_dataset_bytes: int | None = None
+) -> dict[str, Any]:
+    """Run the whole training; the success result. Raises :class:`TrainerError`."""
+    from mlops_operator.trainer import fit
+    from mlops_operator.trainer.data import load_dataset
+    from mlops_operator.trainer.validation import column_kinds, format_problems, validate
+
+    # 1. The estimator and its parameters (pure; nothing is imported before the allow-list check).
+    dotted = spec.estimator.class_
+    task = fit.task_of(dotted)
+    cls = fit.resolve_estimator_class(dotted)
+    valid = set(cls().get_params(deep=False))
+    seed = spec.evaluation.seed
+    fixed = fit.base_params(spec.estimator, valid, seed)
+    fit.check_param_names(dotted, list(spec.estimator.params or {}), valid, "spec.estimator.params")
+    fit.check_param_values(dotted, fixed, "spec.estimator.params")
+    search = spec.estimator.search
+    plan = None
+    metric = fit.DEFAULT_SEARCH_METRIC[task]
+    if search is not None:
+        fit.check_param_names(dotted, list(search.params), valid, "spec.estimator.search.params")
+        metric = search.metric or metric
+        fit.check_metric(metric, task, "spec.estimator.search.metric")
+        plan = fit.plan_search(search, search.seed if search.seed is not None else seed)
+        for index, trial in enumerate(plan.trials):
+            fit.check_param_values(dotted, {**fixed, **trial}, f"search trial {index} {trial}")
+    for name in spec.evaluation.metrics or []:
+        fit.check_metric(name, task, "spec.evaluation.metrics")
+    wants_auc = metric == "roc_auc" or "roc_auc" in (spec.evaluation.metrics or [])
+    if wants_auc and not hasattr(cls(**fixed), "predict_proba"):
+        raise TrainerError("InvalidSpec", f"roc_auc needs predict_proba, which {dotted} with {fixed} lacks")
+
+    # 2. The data.
+    test_size = float(spec.evaluation.test_size)
+    loaded = load_dataset(spec.dataset, max_bytes=max_dataset_bytes)
+    log.info(
+        "loaded %s: %d rows, %d columns, sha256 %s",
+        loaded.uri,
+        loaded.rows,
+        loaded.frame.shape[1],
+        loaded.sha256,
+    )
+    problems = validate(
+        loaded.frame,
+        spec.dataset,
+        task=task,
+        test_size=test_size,
+        cv=search.cv if search is not None else None,
+    )
+    if problems:
+        raise TrainerError("DataValidationFailed", format_problems(problems))
+    frame = loaded.frame.dropna(subset=[spec.dataset.target])
+    columns = column_kinds(frame, spec.dataset)
+    features = fit.prepare_features(frame, columns)
+    labels = frame[spec.dataset.target]
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        features,
+        labels,
+        test_size=test_size,
+        random_state=seed,
+        stratify=labels.astype(str) if task == "classification" else None,
+    )
+
+    # 3. MLflow: a run, the search, the final fit, evaluation, artifacts, registration.
+    import mlflow
+
+    from mlops_operator.trainer import evaluate, tracking
+    from mlops_operator.trainer.profile import build_profile
+
+    experiment_id = tracking.connect(context.tracking_uri, context.experiment_name(spec.model.name))
+    lineage = {
+        **context.tags(),
+        "mlops.dev/dataset-uri": loaded.uri,
+        "mlops.dev/dataset-sha256": loaded.sha256,
+        "mlops.dev/task": task,
+        "mlops.dev/estimator": dotted,
+        "mlflow.source.name": "mlops-operator train",
+    }
+    try:
+        active = mlflow.start_run(run_name=context.run_name, tags=lineage)
+    except Exception as exc:
+        raise tracking.mlflow_error(exc, "starting a run") from exc
+    run_id = active.info.run_id
+    try:
+        best_params = dict(fixed)
+        search_summary: dict[str, Any] | None = None
+        if plan is not None and search is not None:
+            log.info("search: %s %s by %s", search.type, plan.note, metric)
+            outcome = fit.run_search(
+                dotted=dotted,
+                fixed=fixed,
+                plan=plan,
+                columns=columns,
+                preprocessing=spec.estimator.preprocessing,
+                task=task,
+                metric=metric,
+                cv=search.cv,
+                seed=search.seed if search.seed is not None else seed,
+                features=x_train,
+                labels=y_train,
+                on_trial=lambda t: tracking.log_trial(
+                    t.index, t.params, metric, t.score, t.score_std, t.error
+                ),
+            )
+            assert outcome.best is not None
+            best_params.update(outcome.best.params)
+            mlflow.set_tags({"mlops.dev/search": plan.note, "mlops.dev/best-trial": str(outcome.best.index)})
+            tracking.log_metrics({f"cv_{metric}": float(outcome.best.score or 0.0)})
+            search_summary = {
+                "type": search.type,
+                "metric": metric,
+                "trials": len(plan.trials),
+                "bestTrial": outcome.best.index,
+                "truncated": plan.truncated,
+            }
+        model = fit.fit_final(
+            dotted=dotted,
+            params=best_params,
+            columns=columns,
+            preprocessing=spec.estimator.preprocessing,
+            features=x_train,
+            labels=y_train,
+        )
+        scores = evaluate.evaluate(model, x_test, y_test, task)
+        wanted = list(spec.evaluation.metrics or fit.metrics_for(task))
+        wanted += [g.metric for g in spec.evaluation.gates or [] if g.metric in fit.metrics_for(task)]
+        reported = {k: v for k, v in scores.items() if k in wanted}
+        tracking.log_params(
+            {
+                "estimator": dotted,
+                "preprocessing": spec.estimator.preprocessing,
+                "test_size": spec.evaluation.test_size,
+                "seed": seed,
+                "rows": loaded.rows,
+                "features": len(columns.features),
+                **{f"param.{k}": v for k, v in best_params.items()},
+            }
+        )
+        tracking.log_metrics(scores)
+        predictions = model.predict(x_test)
+        if task == "classification":
+            figure = evaluate.confusion_matrix_figure(y_test, predictions, list(model.classes_))
+            tracking.log_figure(figure, tracking.CONFUSION_MATRIX_ARTIFACT)
+        else:
+            tracking.log_figure(
+                evaluate.predicted_vs_actual_figure(y_test, predictions),
+                tracking.PREDICTED_VS_ACTUAL_ARTIFACT,
+            )
+        profile = build_profile(x_train, y_train, columns, task=task, target=spec.dataset.target)
+        tracking.log_profile(profile)
+        logged = tracking.save_and_log_model(model, x_train.head(5), model.predict(x_train.head(5)))
+        mlflow.set_tag("mlops.dev/sha256", logged.sha256)
+        metric_strings = evaluate.decimal_strings(reported)
+        card = evaluate.model_card(
+            spec,
+            task=task,
+            metrics=metric_strings,
+            dataset_uri=loaded.uri,
+            dataset_sha256=loaded.sha256,
+            rows=loaded.rows,
+            params=best_params,
+            trainingjob=f"{context.namespace}/{context.trainingjob}" if context.trainingjob else None,
+            code_version=context.code_version,
+        )
+        version_tags = {
+            **{k: v for k, v in lineage.items() if k.startswith("mlops.dev/")},
+            "mlops.dev/sha256": logged.sha256,
+            "mlops.dev/mlflow-run-id": run_id,
+            **{f"mlops.dev/metric.{k}": v for k, v in metric_strings.items()},
+        }
+        version = tracking.register(
+            name=spec.model.name,
+            source=logged.artifact_uri,
+            run_id=run_id,
+            tags={k: v[:5000] for k, v in version_tags.items()},
+            description=card,
+            model_description=spec.model.description,
+        )
+        try:
+            mlflow.end_run("FINISHED")
+        except Exception as exc:
+            raise tracking.mlflow_error(exc, "finishing the run") from exc
+    except TrainerError as exc:
+        tracking.fail_run(exc.reason, exc.message)
+        raise
+    except Exception as exc:
+        error = (
+            tracking.mlflow_error(exc, "training")
+            if _from_mlflow(exc)
+            else TrainerError("TrainingFailed", f"{type(exc).__name__}: {exc}")
+        )
+        tracking.fail_run(error.reason, error.message)
+        raise error from exc
+
+    result: dict[str, Any] = {
+        "status": "Succeeded",
+        "mlflowRunId": run_id,
+        "experimentId": experiment_id,
+        "modelName": spec.model.name,
+        "modelVersion": version,
+        "modelUri": f"models:/{spec.model.name}/{version}",
+        "artifactUri": logged.artifact_uri,
+        "sha256": logged.sha256,
+        "metrics": metric_strings,
+        "dataset": {"uri": loaded.uri, "sha256": loaded.sha256, "rows": loaded.rows},
+        "params": {k: _jsonable(v) for k, v in best_params.items()},
+        "estimator": dotted,
+        "codeVersion": context.code_version,
+        "image": context.image,
+        "task": task,
+    }
+    if search_summary is not None:
+        result["search"] = search_summary
+    return result
+
+
+def _from_mlflow(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.startswith(("mlflow", "requests", "urllib3", "sqlalchemy", "botocore"))
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def failure(error: TrainerError) -> dict[str, Any]:
+    return {"status": "Failed", "reason": error.reason, "message": error.message}
+
+
+def render(result: dict[str, Any], limit: int = MAX_RESULT_BYTES) -> str:
+    """Compact JSON under ``limit`` bytes: long messages and parameter values are cut, never the keys."""
+    text = json.dumps(result, separators=(",", ":"), sort_keys=False)
+    if len(text.encode()) < limit:
+        return text
+    trimmed = dict(result)
+    if isinstance(trimmed.get("message"), str):
+        budget = max(200, len(trimmed["message"]) - (len(text.encode()) - limit) - 64)
+        trimmed["message"] = trimmed["message"][:budget] + "..."
+    if isinstance(trimmed.get("params"), dict):
+        trimmed["params"] = {
+            k: (v if len(json.dumps(v)) <= 64 else str(v)[:60] + "...") for k, v in trimmed["params"].items()
+        }
+    text = json.dumps(trimmed, separators=(",", ":"))
+    if len(text.encode()) >= limit and "params" in trimmed:
+        trimmed["params"] = {"truncated": True}
+        text = json.dumps(trimmed, separators=(",", ":"))
+    if len(text.encode()) >= limit:  # last resort: the essentials only
+        keep = (
+            "status",
+            "reason",
+            "mlflowRunId",
+            "modelName",
+            "modelVersion",
+            "modelUri",
+            "sha256",
+            "metrics",
+        )
+        text = json.dumps({k: trimmed[k] for k in keep if k in trimmed}, separators=(",", ":"))
+    return text
+
+
+def emit(result: dict[str, Any], path: str | None = None) -> None:
+    """The result to the termination-message file (warn if unwritable) and as stdout's last line."""
+    text = render(result)
+    target = path or os.environ.get(TERMINATION_PATH_ENV) or DEFAULT_TERMINATION_PATH
+    try:
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        log.warning("cannot write the termination message to %s: %s", target, exc)
+    sys.stderr.flush()
+    print(text, flush=True)
