@@ -157,7 +157,10 @@ def test_trainingjob_run_succeeds_and_creates_a_model_version(cluster: Api) -> N
     mv = wait_for(lambda: cluster.get("ModelVersion", "iris-classifier-v1"), message="the ModelVersion")
     assert mv["spec"]["metrics"] == {"accuracy": "0.9667"}
     assert mv["spec"]["lineage"]["trainingJob"] == "iris-train"
-    wait_for(lambda: events_for(cluster, "iris-train", "ModelVersionCreated"), message="a ModelVersionCreated Event")
+    wait_for(
+        lambda: events_for(cluster, "iris-train", "ModelVersionCreated"),
+        message="a ModelVersionCreated Event",
+    )
     # MLflow is down in this test: the ModelVersion says so, and stays retriable.
     wait_for_condition(cluster, "ModelVersion", "iris-classifier-v1", "Ready", "Unknown")
 
@@ -201,3 +204,171 @@ def test_invalid_spec_past_the_schema_is_reported_once_and_creates_nothing(clust
     warnings = events_for(cluster, "broken", "InvalidSpec")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     assert cluster.list("Deployment") == [] and cluster.list("Service") == []
+
+
+def _patch_status(api: Api, kind: str, name: str, status: dict[str, Any]) -> None:
+    api.http.patch(
+        api.path(kind, "default", name) + "/status",
+        content=json.dumps({"status": status}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).raise_for_status()
+
+
+def validated_model_version(api: Api, version: str) -> None:
+    """A ModelVersion as the ModelVersion controller leaves it once its gates pass."""
+    name = f"demo-model-v{version}"
+    api.create(
+        {
+            "apiVersion": "mlops.dev/v1alpha1",
+            "kind": "ModelVersion",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"model": {"name": "demo-model", "version": version}, "source": {"sha256": version * 64}},
+        }
+    )
+    condition = {
+        "type": "Validated",
+        "status": "True",
+        "reason": "GatesPassed",
+        "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    # The ModelVersion controller also reconciles these (MLflow is down here, so it leaves
+    # Ready=Unknown); only Validated and resolvedVersion matter to the InferenceService.
+    wait_for(
+        lambda: api.get("ModelVersion", name) and api.get("ModelVersion", name).get("status"),
+        message="the MV controller's first pass",
+    )  # type: ignore[union-attr]
+    obj = api.get("ModelVersion", name) or {}
+    conditions = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] != "Validated"] + [
+        condition
+    ]
+    _patch_status(api, "ModelVersion", name, {"conditions": conditions, "resolvedVersion": version})
+
+
+def make_ready(api: Api, deployment: str, replicas: int) -> None:
+    """Play the Deployment controller: every replica of the current generation is ready."""
+    obj = api.get("Deployment", deployment) or {}
+    _patch_status(
+        api,
+        "Deployment",
+        deployment,
+        {
+            "observedGeneration": obj["metadata"]["generation"],
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "updatedReplicas": replicas,
+        },
+    )
+
+
+def test_inferenceservice_serves_the_latest_validated_version_and_replaces_it_safely(cluster: Api) -> None:
+    manifest = example("iris-inferenceservice.yaml")
+    manifest["metadata"]["name"] = "demo"
+    manifest["spec"]["model"] = {"name": "demo-model", "track": "LatestValidated"}
+    manifest["spec"].pop("retraining")
+    cluster.create(manifest)
+    waiting = wait_for_condition(cluster, "InferenceService", "demo", "Ready", "False")
+    assert (
+        next(c for c in waiting["status"]["conditions"] if c["type"] == "Ready")["reason"]
+        == "NoValidatedVersion"
+    )
+
+    validated_model_version(cluster, "1")
+    v1 = wait_for(lambda: cluster.get("Deployment", "demo-v1"), message="version 1's Deployment")
+    assert v1["spec"]["replicas"] == 2
+    assert "--expected-sha256=" + "1" * 64 in v1["spec"]["template"]["spec"]["containers"][0]["args"]
+    stable = wait_for(lambda: cluster.get("Service", "demo"), message="the stable Service")
+    assert stable["spec"]["selector"] == {
+        "mlops.dev/inferenceservice": "demo",
+        "app.kubernetes.io/component": "predictor",
+    }
+    pdb = cluster.http.get("/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo")
+    assert pdb.status_code == 200 and pdb.json()["spec"]["maxUnavailable"] == 1
+    loading = wait_for_condition(cluster, "InferenceService", "demo", "Ready", "False")
+    assert loading["status"]["url"] == "http://demo.default.svc.cluster.local"
+
+    make_ready(cluster, "demo-v1", 2)
+    ready = wait_for_condition(cluster, "InferenceService", "demo", "Ready", "True")
+    assert (
+        ready["status"]["stable"]["modelVersion"] == "1" and ready["status"]["stable"]["readyReplicas"] == 2
+    )
+
+    # A newer validated version: started next to version 1, which keeps serving until it is ready.
+    validated_model_version(cluster, "2")
+    wait_for(lambda: cluster.get("Deployment", "demo-v2"), message="version 2's Deployment")
+    rolling = wait_for_condition(cluster, "InferenceService", "demo", "Progressing", "True")
+    assert rolling["status"]["stable"]["modelVersion"] == "1"
+    assert cluster.get("Deployment", "demo-v1") is not None
+    make_ready(cluster, "demo-v2", 2)
+    wait_for(lambda: cluster.get("Deployment", "demo-v1") is None, message="version 1 retired")
+    done = wait_for_condition(cluster, "InferenceService", "demo", "Progressing", "False")
+    assert done["status"]["stable"]["modelVersion"] == "2"
+    assert done["status"]["history"][-1]["modelVersion"] == "2"
+
+
+def test_crash_looping_server_is_not_ready_and_says_why(cluster: Api) -> None:
+    manifest = example("iris-inferenceservice.yaml")
+    manifest["metadata"]["name"] = "crashy"
+    manifest["spec"]["model"] = {"name": "crashy-model", "version": "5"}
+    manifest["spec"]["replicas"] = 1
+    manifest["spec"].pop("retraining")
+    cluster.create(manifest)
+    wait_for(lambda: cluster.get("Deployment", "crashy-v5"), message="the Deployment")
+    labels = {
+        "mlops.dev/inferenceservice": "crashy",
+        "mlops.dev/model-version": "5",
+        "app.kubernetes.io/component": "predictor",
+    }
+    cluster.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crashy-v5-x", "namespace": "default", "labels": labels},
+                    "spec": {"containers": [{"name": "server", "image": "server"}]}})  # fmt: skip
+    waiting = {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}
+    last = {"exitCode": 1, "message": "mlops-operator serve: sha256 mismatch for models:/crashy-model/5"}
+    _patch_status(
+        cluster,
+        "Pod",
+        "crashy-v5-x",
+        {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"waiting": waiting},
+                    "lastState": {"terminated": last},
+                }
+            ]
+        },
+    )
+
+    def reason() -> str | None:
+        obj = cluster.get("InferenceService", "crashy") or {}
+        ready = next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return ready.get("message") if ready.get("reason") == "CrashLoopBackOff" else None
+
+    message = wait_for(reason, message="Ready=False with reason CrashLoopBackOff")
+    assert "crashy-v5-x" in message and "exit code 1" in message
+
+
+def test_scale_subresource_scales_the_predictor(cluster: Api) -> None:
+    manifest = example("iris-inferenceservice.yaml")
+    manifest["metadata"]["name"] = "scaled"
+    manifest["spec"]["model"] = {"name": "scaled-model", "version": "1"}
+    manifest["spec"].pop("retraining")
+    cluster.create(manifest)
+    wait_for(lambda: cluster.get("Deployment", "scaled-v1"), message="the Deployment")
+    cluster.http.patch(
+        cluster.path("InferenceService", "default", "scaled") + "/scale",
+        content=json.dumps({"spec": {"replicas": 4}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    ).raise_for_status()
+    wait_for(
+        lambda: (cluster.get("Deployment", "scaled-v1") or {}).get("spec", {}).get("replicas") == 4,
+        message="4 replicas",
+    )
+    scale = cluster.http.get(cluster.path("InferenceService", "default", "scaled") + "/scale").json()
+    assert scale["spec"]["replicas"] == 4
+    assert (
+        scale["status"]["selector"]
+        == "app.kubernetes.io/component=predictor,mlops.dev/inferenceservice=scaled"
+    )

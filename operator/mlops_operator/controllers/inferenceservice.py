@@ -1,18 +1,304 @@
-"""Reconciliation of a inferenceservice: the decisions; kopf wiring is in handlers.py."""
+"""Reconciliation of an InferenceService: serve the resolved model version, report whether it serves.
+
+Which version: ``spec.model.version`` (pinned), ``alias`` (resolved in MLflow), or
+``track: LatestValidated`` (the newest ModelVersion of that model with ``Validated=True``).
+A change of version is rolled out by starting the new version's Deployment next to the old
+one and retiring the old one only once the new one is ready (the ``Replace`` strategy);
+while both run, the stable Service spreads traffic over both by replica count.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
-from mlops_operator.controllers.base import Context
-from mlops_operator.controllers.conditions import set_condition
+from mlops_operator.config import get_settings
+from mlops_operator.controllers.base import Context, get_registry
+from mlops_operator.controllers.conditions import Status, is_true, now_iso, set_condition
+from mlops_operator.registry.client import ModelVersionNotFound, RegisteredModelNotFound, RegistryUnavailable
+from mlops_operator.resources import serving as S
+
+#: Waiting reasons of a container that mean "this pod will not serve until someone acts".
+_BROKEN = (
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerError",
+    "RunContainerError",
+    "CreateContainerConfigError",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    version: str
+    model_version_name: str | None = None
+    sha256: str | None = None
+    validated: bool | None = None
+
+    def model_uri(self, model: str) -> str:
+        return f"models:/{model}/{self.version}"
+
+
+Verdict = tuple[Status, str, str]  # status, reason, message
+
+
+class NoModel(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _model_versions(ctx: Context[InferenceServiceSpec]) -> list[dict[str, Any]]:
+    return [
+        mv
+        for mv in ctx.kube.list("ModelVersion", ctx.namespace)
+        if mv.get("spec", {}).get("model", {}).get("name") == ctx.spec.model.name
+    ]
+
+
+def _version_of(mv: dict[str, Any]) -> str | None:
+    version = mv.get("status", {}).get("resolvedVersion") or mv.get("spec", {}).get("model", {}).get(
+        "version"
+    )
+    return str(version) if version else None
+
+
+def _target_for(version: str, versions: list[dict[str, Any]]) -> Target:
+    for mv in versions:
+        if _version_of(mv) == version:
+            return Target(
+                version=version,
+                model_version_name=mv["metadata"]["name"],
+                sha256=mv.get("spec", {}).get("source", {}).get("sha256"),
+                validated=is_true(mv.get("status", {}).get("conditions"), "Validated"),
+            )
+    return Target(version=version)
+
+
+def resolve_target(ctx: Context[InferenceServiceSpec], versions: list[dict[str, Any]]) -> Target:
+    model = ctx.spec.model
+    if model.version:
+        return _target_for(model.version, versions)
+    if model.alias:
+        try:
+            info = get_registry().resolve_alias(model.name, model.alias)
+        except (ModelVersionNotFound, RegisteredModelNotFound) as exc:
+            raise NoModel("ModelVersionNotFound", str(exc)) from exc
+        except RegistryUnavailable as exc:
+            raise NoModel("RegistryUnavailable", str(exc)) from exc
+        return _target_for(info.version, versions)
+    validated = [
+        mv
+        for mv in versions
+        if is_true(mv.get("status", {}).get("conditions"), "Validated") and _version_of(mv)
+    ]
+    if not validated:
+        raise NoModel(
+            "NoValidatedVersion",
+            f"no ModelVersion of {model.name} in {ctx.namespace} is Validated yet (track: LatestValidated)",
+        )
+    newest = max(validated, key=lambda mv: int(_version_of(mv) or 0))
+    return _target_for(str(_version_of(newest)), versions)
+
+
+def _converge_version(ctx: Context[InferenceServiceSpec], target: Target, role: str) -> dict[str, Any]:
+    """Deployment, Service and HPA of one version; the live Deployment."""
+    settings = get_settings()
+    runtime = S.choose_runtime(ctx.spec.runtime)
+    replicas = None if ctx.spec.autoscaling is not None else ctx.spec.desired_replicas
+    deployment = S.build_predictor_deployment(
+        ctx.owner,
+        ctx.spec,
+        version=target.version,
+        model_uri=target.model_uri(ctx.spec.model.name),
+        sha256=target.sha256,
+        image=ctx.spec.image or settings.server_image,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        replicas=replicas,
+        runtime=runtime,
+        role=role,
+        image_pull_policy=settings.image_pull_policy,
+    )
+    live, _ = ctx.kube.apply(deployment)
+    ctx.kube.apply(S.build_version_service(ctx.owner, target.version))
+    hpa = S.build_hpa(ctx.owner, ctx.spec, target.version)
+    name = S.predictor_name(ctx.name, target.version)
+    if hpa is not None:
+        ctx.kube.apply(hpa)
+    else:
+        ctx.kube.delete("HorizontalPodAutoscaler", ctx.namespace, name)
+    return live
+
+
+def _retire(ctx: Context[InferenceServiceSpec], version: str) -> None:
+    name = S.predictor_name(ctx.name, version)
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler"):
+        ctx.kube.delete(kind, ctx.namespace, name)
+
+
+def _ready_count(deployment: dict[str, Any] | None) -> int:
+    return int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
+
+
+def _is_available(deployment: dict[str, Any], desired: int) -> bool:
+    status = deployment.get("status", {})
+    current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+    return (
+        current
+        and _ready_count(deployment) >= max(1, desired)
+        and int(status.get("updatedReplicas") or 0) >= max(1, desired)
+    )
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first reason a pod of this version will not serve (reason, message), if any."""
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = container.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") in _BROKEN:
+                last = (container.get("lastState") or {}).get("terminated") or {}
+                detail = waiting.get("message") or last.get("message") or ""
+                exit_code = f" (exit code {last['exitCode']})" if "exitCode" in last else ""
+                return waiting[
+                    "reason"
+                ], f"pod {pod['metadata']['name']}: {waiting['reason']}{exit_code}: {detail}".rstrip(": ")
+    return None
 
 
 def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
-    """The new status of the object (children converged through ``ctx.kube``)."""
     status = dict(ctx.status)
-    status["conditions"] = set_condition(
-        status.get("conditions"), "Ready", "True", "Accepted", "spec is valid", generation=ctx.generation
+    generation = ctx.generation
+    conditions = status.get("conditions")
+    desired = ctx.spec.desired_replicas
+    versions = _model_versions(ctx)
+    stable_version = (status.get("stable") or {}).get("modelVersion")
+
+    ctx.kube.apply(S.build_stable_service(ctx.owner))
+    pdb = S.build_pdb(ctx.owner, desired)
+    if pdb is not None:
+        ctx.kube.apply(pdb)
+    else:
+        ctx.kube.delete("PodDisruptionBudget", ctx.namespace, ctx.name)
+    status.update(
+        url=S.service_url(ctx.owner),
+        runtime=S.choose_runtime(ctx.spec.runtime),
+        selector=S.selector_string(ctx.owner),
     )
+
+    try:
+        target: Target | None = resolve_target(ctx, versions)
+        no_model: NoModel | None = None
+    except NoModel as exc:
+        target, no_model = None, exc
+
+    if stable_version is None and target is None:
+        assert no_model is not None
+        status["conditions"] = set_condition(
+            conditions, "Ready", "False", no_model.reason, str(no_model), generation=generation
+        )
+        status["conditions"] = set_condition(
+            status["conditions"],
+            "Progressing",
+            "False",
+            no_model.reason,
+            str(no_model),
+            generation=generation,
+        )
+        return status
+    if stable_version is None:
+        assert target is not None
+        stable_version = target.version
+
+    stable_target = _target_for(stable_version, versions)
+    stable = _converge_version(ctx, stable_target, "stable")
+    progressing: Verdict = ("False", "Stable", f"serving version {stable_version}")
+    if target is not None and target.version != stable_version:
+        candidate = _converge_version(ctx, target, "candidate")
+        if _is_available(candidate, desired):
+            _retire(ctx, stable_version)
+            history = list(status.get("history") or [])
+            history.append(
+                {
+                    "modelVersion": target.version,
+                    "promotedAt": now_iso(),
+                    "reason": f"replaced version {stable_version}",
+                }
+            )
+            status["history"] = history[-20:]
+            ctx.event(
+                "Normal",
+                "Promoted",
+                f"version {target.version} serves all traffic; version {stable_version} retired",
+            )
+            stable_version, stable_target, stable = target.version, target, candidate
+        else:
+            problem = pod_problem(
+                ctx.kube.list(
+                    "Pod",
+                    ctx.namespace,
+                    label_selector=f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={target.version}",
+                )
+            )
+            message = f"rolling out version {target.version}: {_ready_count(candidate)}/{desired} ready"
+            if problem:
+                message += f"; {problem[1]}"
+            progressing = ("True", "RollingOut", message)
+    elif no_model is not None:
+        progressing = ("False", no_model.reason, f"keeps serving version {stable_version}: {no_model}")
+
+    ready = _ready_count(stable)
+    status["stable"] = {
+        "modelVersion": stable_version,
+        "deployment": S.predictor_name(ctx.name, stable_version),
+        "replicas": int(stable.get("status", {}).get("replicas") or 0),
+        "readyReplicas": ready,
+        "weight": 100,
+        **(
+            {"modelVersionName": stable_target.model_version_name} if stable_target.model_version_name else {}
+        ),
+    }
+    status["replicas"] = int(stable.get("status", {}).get("replicas") or 0)
+    status.pop("canary", None)
+
+    ready_condition: Verdict
+    if desired == 0:
+        ready_condition = ("False", "ScaledToZero", "replicas is 0: nothing serves")
+    elif ready >= 1:
+        ready_condition = ("True", "Serving", f"version {stable_version}: {ready}/{desired} replicas ready")
+    else:
+        problem = pod_problem(
+            ctx.kube.list(
+                "Pod",
+                ctx.namespace,
+                label_selector=f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={stable_version}",
+            )
+        )
+        ready_condition = (
+            ("False", *problem)
+            if problem
+            else ("False", "Loading", f"version {stable_version}: no replica is ready yet (model loading)")
+        )
+    conditions = set_condition(conditions, "Ready", *ready_condition, generation=generation)
+    conditions = set_condition(conditions, "Progressing", *progressing, generation=generation)
+    if 0 < ready < desired:
+        conditions = set_condition(
+            conditions,
+            "Degraded",
+            "True",
+            "ReplicasUnavailable",
+            f"{ready}/{desired} replicas ready",
+            generation=generation,
+        )
+    else:
+        conditions = set_condition(
+            conditions,
+            "Degraded",
+            "False",
+            "AllReplicasReady" if ready else ready_condition[1],
+            "",
+            generation=generation,
+        )
+    status["conditions"] = conditions
     return status
