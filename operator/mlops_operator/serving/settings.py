@@ -1,0 +1,88 @@
+"""Typed settings of ``mlops-operator serve``, from flags or ``MLOPS_SERVE_*`` variables.
+
+Flags win over the environment. The environment is also how the CLI hands its settings to
+BentoML's worker processes, which import the service module afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlops_operator.serving.app import ServerConfig
+
+ENV_PREFIX = "MLOPS_SERVE_"
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``serve`` needs. Environment variable = ``MLOPS_SERVE_`` + field name."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+
+    model_uri: str = Field(
+        description="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or a path."
+    )
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    runtime: Literal["uvicorn", "bentoml"] = Field(default="uvicorn", description="The ASGI host.")
+    model_name: str | None = Field(
+        default=None, description="Name in /v2 and metrics (default: registered name)."
+    )
+    model_version: str | None = Field(default=None, description="Version in responses and metrics.")
+    expected_sha256: str | None = Field(
+        default=None, description="Refuse to load unless the artifacts hash to this."
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rows per coalesced predict call; unset: decided by measuring the model.",
+    )
+    max_batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="Longest a request waits for its batch to fill."
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1, description="Larger bodies are refused with 413.")
+    max_rows: int = Field(default=1000, ge=1, description="Most rows in one request (413 above).")
+    max_inflight: int = Field(default=64, ge=1, description="Inference requests in flight before 503.")
+    drift_method: Literal["PSI", "KS", "ChiSquare"] = Field(
+        default="PSI", description="Per-feature drift statistic."
+    )
+    drift_threshold: float | None = Field(
+        default=None, description="Drift threshold (default: the method's)."
+    )
+    drift_window: int = Field(default=1000, ge=1, description="Rows in the drift window.")
+    drift_min_samples: int | None = Field(default=None, ge=1, description="Rows before drift is reported.")
+    drift_share: float = Field(
+        default=0.5, ge=0, le=1, description="Share of drifted features that is dataset drift."
+    )
+    accuracy_window: int = Field(default=500, ge=1, description="Labelled outcomes in the accuracy window.")
+    monitoring: bool = Field(default=True, description="Online drift and accuracy monitoring.")
+    freeze_gc: bool = Field(
+        default=True, description="gc.freeze() after loading, so full collections skip import-time objects."
+    )
+    workers: int = Field(default=1, ge=1, description="BentoML worker processes (uvicorn: always 1).")
+    download_dir: str | None = Field(
+        default=None, description="Where to download artifacts (default: a temp dir)."
+    )
+    # Set by the CLI for BentoML's workers: artifacts already downloaded and verified.
+    resolved_dir: str | None = Field(default=None, description="Internal: verified local model directory.")
+
+    def server_config(self) -> ServerConfig:
+        """The ASGI core's limits."""
+        return ServerConfig(
+            max_body_bytes=self.max_body_bytes,
+            max_rows=self.max_rows,
+            max_inflight=self.max_inflight,
+            max_batch_size=self.max_batch_size,
+            max_batch_wait_ms=self.max_batch_wait_ms,
+            freeze_gc=self.freeze_gc,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``MLOPS_SERVE_*`` variables (for child processes)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
