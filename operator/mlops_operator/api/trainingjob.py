@@ -192,9 +192,13 @@ class TrainingRun(ApiModel):
     message: Annotated[str, Field(max_length=4096)] | None = None
     mlflow_run_id: Annotated[str, Field(max_length=64)] | None = None
     model_version: Annotated[str, Field(max_length=16)] | None = None
-    model_version_name: ObjectName | None = Field(default=None, description="The ModelVersion this run created.")
+    model_version_name: ObjectName | None = Field(
+        default=None, description="The ModelVersion this run created."
+    )
     metrics: Annotated[dict[str, Annotated[str, Field(max_length=32)]], Field(max_length=32)] | None = None
-    attempts: Annotated[int, Field(ge=0)] = Field(default=0, description="Pods started for this run (retries + 1).")
+    attempts: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Pods started for this run (retries + 1)."
+    )
 
 
 class TrainingJobStatus(ApiModel):
