@@ -9,6 +9,9 @@ while both run, the stable Service spreads traffic over both by replica count.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +19,7 @@ from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.config import get_settings
 from mlops_operator.controllers.base import Context, get_registry
 from mlops_operator.controllers.conditions import Status, is_true, now_iso, set_condition
+from mlops_operator.monitoring.status import summarize
 from mlops_operator.registry.client import ModelVersionNotFound, RegisteredModelNotFound, RegistryUnavailable
 from mlops_operator.resources import serving as S
 
@@ -167,6 +171,72 @@ def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def _pods(ctx: Context[InferenceServiceSpec], version: str) -> list[dict[str, Any]]:
+    selector = f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={version}"
+    return ctx.kube.list("Pod", ctx.namespace, label_selector=selector)
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
+def fetch_snapshots(pods: list[dict[str, Any]], timeout: float = 2.0) -> list[dict[str, Any]]:
+    """``GET /monitoring`` of every ready pod; a pod that does not answer is skipped (and logged by the caller)."""
+    snapshots = []
+    for pod in pods:
+        ip = pod.get("status", {}).get("podIP")
+        if not ip or not _pod_ready(pod):
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{ip}:{S.PORT}/monitoring", timeout=timeout) as response:
+                snapshots.append(json.loads(response.read()))
+        except (OSError, urllib.error.URLError, ValueError):
+            continue
+    return snapshots
+
+
+def _monitoring(
+    ctx: Context[InferenceServiceSpec], status: dict[str, Any], pods: list[dict[str, Any]]
+) -> tuple[Verdict, Verdict | None]:
+    """status.monitoring, the DriftDetected verdict, and an accuracy problem (Degraded) if any."""
+    if not ctx.spec.monitoring.enabled:
+        status.pop("monitoring", None)
+        return ("Unknown", "MonitoringDisabled", "spec.monitoring.enabled is false"), None
+    summary = summarize(fetch_snapshots(pods), ctx.spec.monitoring)
+    status["monitoring"] = {**summary["status"], "lastChecked": now_iso()}
+    block = summary["status"]
+    if summary["drift"] is None:
+        drift: Verdict = (
+            "Unknown",
+            "InsufficientData",
+            f"{block['samples']} rows in the drift window; need {ctx.spec.monitoring.drift.min_samples}",
+        )
+    elif summary["drift"]:
+        features = ", ".join(block.get("driftedFeatures") or [])
+        drift = (
+            "True",
+            "DatasetDrift",
+            f"drift share {block['driftShare']} >= {ctx.spec.monitoring.drift.drift_share}: {features}",
+        )
+    else:
+        drift = (
+            "False",
+            "NoDrift",
+            f"drift share {block['driftShare']} < {ctx.spec.monitoring.drift.drift_share}",
+        )
+    accuracy: Verdict | None = None
+    if summary["accuracyLow"]:
+        accuracy = (
+            "True",
+            "AccuracyBelowThreshold",
+            f"accuracy {block['accuracy']} < {ctx.spec.monitoring.accuracy.min} over {block['labelledSamples']} labelled predictions",
+        )
+    return drift, accuracy
+
+
 def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     status = dict(ctx.status)
     generation = ctx.generation
@@ -234,13 +304,7 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
             )
             stable_version, stable_target, stable = target.version, target, candidate
         else:
-            problem = pod_problem(
-                ctx.kube.list(
-                    "Pod",
-                    ctx.namespace,
-                    label_selector=f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={target.version}",
-                )
-            )
+            problem = pod_problem(_pods(ctx, target.version))
             message = f"rolling out version {target.version}: {_ready_count(candidate)}/{desired} ready"
             if problem:
                 message += f"; {problem[1]}"
@@ -249,6 +313,7 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
         progressing = ("False", no_model.reason, f"keeps serving version {stable_version}: {no_model}")
 
     ready = _ready_count(stable)
+    stable_pods = _pods(ctx, stable_version)
     status["stable"] = {
         "modelVersion": stable_version,
         "deployment": S.predictor_name(ctx.name, stable_version),
@@ -263,42 +328,30 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     status.pop("canary", None)
 
     ready_condition: Verdict
+    problem = pod_problem(stable_pods)
     if desired == 0:
         ready_condition = ("False", "ScaledToZero", "replicas is 0: nothing serves")
     elif ready >= 1:
         ready_condition = ("True", "Serving", f"version {stable_version}: {ready}/{desired} replicas ready")
+    elif problem:
+        ready_condition = ("False", problem[0], problem[1])
     else:
-        problem = pod_problem(
-            ctx.kube.list(
-                "Pod",
-                ctx.namespace,
-                label_selector=f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={stable_version}",
-            )
-        )
         ready_condition = (
-            ("False", *problem)
-            if problem
-            else ("False", "Loading", f"version {stable_version}: no replica is ready yet (model loading)")
+            "False",
+            "Loading",
+            f"version {stable_version}: no replica is ready yet (model loading)",
         )
     conditions = set_condition(conditions, "Ready", *ready_condition, generation=generation)
     conditions = set_condition(conditions, "Progressing", *progressing, generation=generation)
+
+    drift, accuracy_problem = _monitoring(ctx, status, stable_pods)
+    conditions = set_condition(conditions, "DriftDetected", *drift, generation=generation)
+    degraded: Verdict
     if 0 < ready < desired:
-        conditions = set_condition(
-            conditions,
-            "Degraded",
-            "True",
-            "ReplicasUnavailable",
-            f"{ready}/{desired} replicas ready",
-            generation=generation,
-        )
+        degraded = ("True", "ReplicasUnavailable", f"{ready}/{desired} replicas ready")
+    elif accuracy_problem is not None:
+        degraded = accuracy_problem
     else:
-        conditions = set_condition(
-            conditions,
-            "Degraded",
-            "False",
-            "AllReplicasReady" if ready else ready_condition[1],
-            "",
-            generation=generation,
-        )
-    status["conditions"] = conditions
+        degraded = ("False", "AllReplicasReady" if ready else ready_condition[1], "")
+    status["conditions"] = set_condition(conditions, "Degraded", *degraded, generation=generation)
     return status
