@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,8 +36,7 @@ def _optional(module: str) -> Any:
 
 
 _jsonschema = _optional("jsonschema")
-_celpy = _optional("celpy")
-_cel_adapter = _optional("celpy.adapter") if _celpy is not None else None
+_cel = _optional("mlops_operator.api.cel")  # needs cel-python
 
 # Draft 4 understands OpenAPI 3.0's boolean exclusiveMinimum/Maximum; the draft 6 type checker
 # accepts 1.0 as an integer, as Go's JSON decoding into int64 does.
@@ -54,7 +52,6 @@ _VALUE_KEYS = (
     "pattern", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "multipleOf",
     "required",
 )  # fmt: skip
-_OLD_SELF = re.compile(r"\boldSelf\b")
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 
 
@@ -147,7 +144,6 @@ class StructuralSchema:
     def __init__(self, schema: JsonDict) -> None:
         self.schema = schema
         self._validator = None if _Validator is None else _Validator(to_json_schema(schema))
-        self._programs: dict[str, Any] = {}
 
     # -- pruning ------------------------------------------------------------------------------
 
@@ -274,90 +270,29 @@ class StructuralSchema:
 
     # -- CEL ----------------------------------------------------------------------------------
 
-    def _program(self, rule: str) -> Any:
-        if rule not in self._programs:
-            if _celpy is None:
-                self._programs[rule] = None
-                return None
-            try:
-                env = _celpy.Environment()
-                self._programs[rule] = env.program(env.compile(rule))
-            except Exception as exc:  # a rule cel-python cannot parse must not block writes
-                logger.warning(
-                    "CEL rule %r cannot be compiled by cel-python (%s); it is not enforced", rule, exc
-                )
-                self._programs[rule] = None
-        return self._programs[rule]
-
     def _cel(self, value: Any, old: Any, schema: Any, path: list[Any]) -> list[FieldError]:
-        if not isinstance(schema, dict) or value is None:
+        """The CEL rules, evaluated by the same module the operator uses (``mlops_operator.api.cel``)."""
+        if _cel is None or not isinstance(schema, dict):
             return []
-        errors: list[FieldError] = []
-        for rule in schema.get("x-kubernetes-validations") or []:
-            error = self._evaluate(rule, value, old, path)
-            if error is not None:
-                errors.append(error)
-        if isinstance(value, dict):
-            props = schema.get("properties") or {}
-            extra = schema.get("additionalProperties")
-            old_map = old if isinstance(old, dict) else {}
-            for key, item in value.items():
-                sub = props.get(key, extra if isinstance(extra, dict) else None)
-                if sub is not None:
-                    errors.extend(self._cel(item, old_map.get(key), sub, [*path, key]))
-        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-            keys = schema.get("x-kubernetes-list-map-keys") or []
-            correlate = schema.get("x-kubernetes-list-type") == "map" and keys and isinstance(old, list)
-            for index, item in enumerate(value):
-                old_item = None
-                if correlate and isinstance(item, dict):
-                    old_item = next(
-                        (
-                            o
-                            for o in old
-                            if isinstance(o, dict) and all(o.get(k) == item.get(k) for k in keys)
-                        ),
-                        None,
+        old_value = _cel.MISSING if old is None else old
+        errors = []
+        for violation in _cel.validate(schema, value, old_value, field_path(path)):
+            if violation.reason == "FieldValueRequired":
+                errors.append(FieldError.required(violation.field, violation.message))
+            elif violation.reason == "FieldValueForbidden":
+                errors.append(FieldError.forbidden(violation.field, violation.message))
+            elif violation.reason == "FieldValueDuplicate":
+                errors.append(
+                    FieldError(
+                        violation.field,
+                        violation.reason,
+                        f"{violation.field}: Duplicate value: {violation.message}",
                     )
-                errors.extend(self._cel(item, old_item, schema["items"], [*path, index]))
+                )
+            else:
+                shown = "object" if isinstance(violation.value, dict) else violation.value
+                errors.append(FieldError.invalid(violation.field, shown, violation.message))
         return errors
-
-    def _evaluate(self, rule: JsonDict, value: Any, old: Any, path: list[Any]) -> FieldError | None:
-        text = str(rule.get("rule", ""))
-        transition = bool(_OLD_SELF.search(text))
-        if transition and old is None:
-            return None  # transition rules only run on updates where the old value exists
-        program = self._program(text)
-        if program is None:
-            return None
-        assert _cel_adapter is not None  # a program exists only when cel-python is installed
-        activation = {"self": _cel_adapter.json_to_cel(value)}
-        if transition:
-            activation["oldSelf"] = _cel_adapter.json_to_cel(old)
-        try:
-            result = program.evaluate(activation)
-        except Exception as exc:
-            logger.warning("CEL rule %r could not be evaluated by cel-python (%s); not enforced", text, exc)
-            return None
-        if isinstance(result, Exception) or not isinstance(result, (bool, int)):
-            logger.warning("CEL rule %r evaluated to %r; not enforced", text, result)
-            return None
-        if bool(result):
-            return None
-        message = str(rule.get("message") or f"failed rule: {text}")
-        extra_path = str(rule.get("fieldPath") or "").lstrip(".")
-        field = field_path(path) or "<root>"
-        if extra_path:
-            field = f"{field}.{extra_path}" if path else extra_path
-        reason = str(rule.get("reason") or "FieldValueInvalid")
-        if reason == "FieldValueRequired":
-            return FieldError.required(field, message)
-        if reason == "FieldValueForbidden":
-            return FieldError.forbidden(field, message)
-        if reason == "FieldValueDuplicate":
-            return FieldError(field, reason, f"{field}: Duplicate value: {message}")
-        shown = "object" if isinstance(value, dict) else value
-        return FieldError.invalid(field, shown, message)
 
 
 def _exclusive(schema: Any, key: str) -> bool:
