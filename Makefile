@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 
 ## Regenerate crds/ from the pydantic models (tests fail when they drift).
 crds: $(STAMP)
-	$(BIN)/mlops-operator crds --output-dir crds
+	$(BIN)/mlops-operator crds --output-dir crds --docs docs/api-reference.md
 
 ## The product's story in the local sandbox (no cluster, no Docker).
 demo: $(STAMP)

@@ -107,3 +107,19 @@ def test_every_cel_rule_has_a_message() -> None:
         for path, node in _walk(_schema(crd), ""):
             for rule in node.get("x-kubernetes-validations", []):
                 assert rule["rule"] and rule["message"], f"{name}{path}"
+
+
+def test_api_reference_is_generated_from_the_models() -> None:
+    from mlops_operator.api import docgen
+
+    text = docgen.generate()
+    assert (ROOT / "docs" / "api-reference.md").read_text() == text, (
+        "docs/api-reference.md is stale: run `make crds`"
+    )
+    for field in (
+        "`rollout.analysis.stepWeights`",
+        "`estimator.search.maxTrials`",
+        "`model.alias`",
+        "`conditions[].reason`",
+    ):
+        assert field in text

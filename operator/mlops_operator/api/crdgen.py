@@ -256,18 +256,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the files on disk differ, write nothing"
     )
+    parser.add_argument(
+        "--docs",
+        metavar="FILE",
+        default=None,
+        help="also write the Markdown API reference (docs/api-reference.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlops_operator.api import docgen
+
     out = Path(args.output_dir)
     stale = []
-    for name, text in generate().items():
-        path = out / name
+    files = {out / name: text for name, text in generate().items()}
+    if args.docs:
+        files[Path(args.docs)] = docgen.generate()
+    for path, text in files.items():
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
             continue
-        out.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
     if stale:
