@@ -298,6 +298,13 @@ def test_inferenceservice_serves_the_latest_validated_version_and_replaces_it_sa
     validated_model_version(cluster, "2")
     wait_for(lambda: cluster.get("Deployment", "demo-v2"), message="version 2's Deployment")
     rolling = wait_for_condition(cluster, "InferenceService", "demo", "Progressing", "True")
+    assert (
+        "canary analysis is not available"
+        in next(c for c in rolling["status"]["conditions"] if c["type"] == "Progressing")["message"]
+    )
+    wait_for(
+        lambda: events_for(cluster, "demo", "CanaryNotAvailable"), message="the CanaryNotAvailable Event"
+    )
     assert rolling["status"]["stable"]["modelVersion"] == "1"
     assert cluster.get("Deployment", "demo-v1") is not None
     make_ready(cluster, "demo-v2", 2)

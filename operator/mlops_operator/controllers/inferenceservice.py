@@ -285,6 +285,21 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     stable = _converge_version(ctx, stable_target, "stable")
     progressing: Verdict = ("False", "Stable", f"serving version {stable_version}")
     if target is not None and target.version != stable_version:
+        first = ctx.kube.get("Deployment", ctx.namespace, S.predictor_name(ctx.name, target.version)) is None
+        if first:
+            ctx.event(
+                "Normal",
+                "RolloutStarted",
+                f"version {target.version} starts next to version {stable_version}",
+            )
+        if first and ctx.spec.rollout.strategy == "Canary":
+            # Said once per version, in an Event and below, rather than pretending to analyse.
+            ctx.event(
+                "Warning",
+                "CanaryNotAvailable",
+                f"rollout.strategy Canary: step-wise analysis is not available in this release; "
+                f"version {target.version} rolls out with the Replace strategy",
+            )
         candidate = _converge_version(ctx, target, "candidate")
         if _is_available(candidate, desired):
             _retire(ctx, stable_version)
@@ -306,6 +321,8 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
         else:
             problem = pod_problem(_pods(ctx, target.version))
             message = f"rolling out version {target.version}: {_ready_count(candidate)}/{desired} ready"
+            if ctx.spec.rollout.strategy == "Canary":
+                message += " (Replace strategy: canary analysis is not available in this release)"
             if problem:
                 message += f"; {problem[1]}"
             progressing = ("True", "RollingOut", message)
