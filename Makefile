@@ -30,6 +30,8 @@ typecheck: $(STAMP)
 ## Regenerate crds/ from the pydantic models (tests fail when they drift).
 crds: $(STAMP)
 	$(BIN)/mlops-operator crds --output-dir crds --docs docs/api-reference.md
+	rm -f charts/mlops-operator/crds/*.yaml
+	cp crds/*.yaml charts/mlops-operator/crds/
 
 ## The product's story in the local sandbox (no cluster, no Docker).
 demo: $(STAMP)

@@ -153,3 +153,17 @@ def test_api_errors_map_to_kopf_errors(status: int, expected: type[Exception]) -
     assert "create Deployment d" in str(error)
     if status != 404:
         assert "spec.replicas: Invalid value" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("a,b", ["a", "b"]), (' ["x", "y"]', ["x", "y"]), ("", []), ("solo", ["solo"])],
+    ids=["comma-separated", "json", "empty", "one"],
+)
+def test_namespaces_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    from mlops_operator.config import Settings
+
+    monkeypatch.setenv("MLOPS_NAMESPACES", value)
+    assert Settings().namespaces == expected

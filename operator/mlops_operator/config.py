@@ -6,10 +6,12 @@ key ``config``), so what a platform team sets in the chart is exactly what the o
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlops_operator import __version__
 
@@ -21,9 +23,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
 
-    namespaces: list[str] = Field(
+    namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Namespaces to watch (comma-separated in the environment). Empty: all namespaces.",
+        description='Namespaces to watch: "a,b" or a JSON list in the environment. Empty: all namespaces.',
     )
     mlflow_tracking_uri: str = Field(
         default="http://mlflow.mlops-system.svc:5000",
@@ -64,9 +66,15 @@ class Settings(BaseSettings):
     )
     log_format: str = Field(default="plain", description="Log format: plain or json.")
 
+    @field_validator("namespaces", mode="before")
     @classmethod
-    def _parse_namespaces(cls, value: str) -> list[str]:
-        return [item.strip() for item in value.split(",") if item.strip()]
+    def _parse_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
 
 
 @lru_cache(maxsize=1)

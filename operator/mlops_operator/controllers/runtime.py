@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     # Registering the handlers is importing the controllers.
     import mlops_operator.controllers.handlers  # noqa: F401
 
-    namespaces = args.namespace or config.namespaces
+    # Flags win over the environment: --all-namespaces means the whole cluster even if
+    # MLOPS_NAMESPACES is set.
+    namespaces = [] if args.all_namespaces else (args.namespace or config.namespaces)
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     kopf.run(
         standalone=True,

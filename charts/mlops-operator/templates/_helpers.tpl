@@ -1,0 +1,124 @@
+{{/* The chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "mlops-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name: the prefix of every object the chart creates. */}}
+{{- define "mlops-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlops-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "mlops-operator.labels" -}}
+helm.sh/chart: {{ include "mlops-operator.chart" . }}
+app.kubernetes.io/name: {{ include "mlops-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mlops-operator
+{{- end -}}
+
+{{/* Selector labels of the operator's pod (immutable once installed: keep them few). */}}
+{{- define "mlops-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlops-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "mlops-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mlops-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag of one of the three images; the tag defaults to the appVersion. */}}
+{{- define "mlops-operator.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{- define "mlops-operator.mlflowName" -}}
+{{- printf "%s-mlflow" (include "mlops-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The MLflow URI the operator uses and hands to its pods: the configured one, else the
+embedded server, else the operator's own default (an MLflow Service in mlops-system). */}}
+{{- define "mlops-operator.mlflowTrackingUri" -}}
+{{- if .Values.config.mlflowTrackingUri -}}
+{{- .Values.config.mlflowTrackingUri -}}
+{{- else if .Values.mlflow.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "mlops-operator.mlflowName" .) .Release.Namespace (int .Values.mlflow.port) -}}
+{{- else -}}
+http://mlflow.mlops-system.svc:5000
+{{- end -}}
+{{- end -}}
+
+{{/* The rules of everything the operator does inside the namespaces it watches. */}}
+{{- define "mlops-operator.namespacedRules" -}}
+# Its own resources: kopf patches finalizers and annotations, the operator writes status
+# and creates ModelVersions after a training run; /scale serves kubectl scale and HPAs.
+- apiGroups: ["mlops.dev"]
+  resources: ["trainingjobs", "modelversions", "inferenceservices"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["mlops.dev"]
+  resources: ["trainingjobs/status", "modelversions/status", "inferenceservices/status", "inferenceservices/scale"]
+  verbs: ["get", "update", "patch"]
+# Training runs.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Reads only: the pods of training runs and model servers (exit codes, readiness).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Serving: one Deployment + Service per model version, the stable Service, HPA, PDB.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- if .Values.rbac.gatewayAPI }}
+# traffic.router: GatewayAPI splits traffic with an HTTPRoute.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- end }}
+# Events: kopf posts core/v1 Events; events.k8s.io for clients of the newer API.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* What only exists cluster-wide: kopf scans CRDs to find its resources and lists namespaces. */}}
+{{- define "mlops-operator.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
