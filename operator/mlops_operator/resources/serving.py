@@ -110,6 +110,9 @@ def build_predictor_deployment(
         "command": ["mlops-operator", "serve"],
         "args": _server_args(spec, model_uri, version, sha256, runtime),
         "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            # Request ids carry this, so /feedback reaches the replica that made the prediction.
+            {"name": "MLOPS_SERVE_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{PORT}"},
             {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
             {"name": "HOME", "value": "/tmp"},
             {"name": "MLOPS_SERVE_DOWNLOAD_DIR", "value": "/tmp/model"},

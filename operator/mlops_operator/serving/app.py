@@ -15,6 +15,7 @@ with ``Retry-After`` at once.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import logging
@@ -29,7 +30,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from mlops_operator import __version__
-from mlops_operator.serving import v2
+from mlops_operator.serving import feedback, v2
 from mlops_operator.serving.batching import Batcher, Runner
 from mlops_operator.serving.model import ServedModel
 from mlops_operator.serving.telemetry import HttpMetrics, MonitorLike, ObservationFeed
@@ -71,6 +72,8 @@ class ServerConfig:
     observe_flush_s: float = 0.05
     # gc.freeze() after loading: see ServingApp.attach.
     freeze_gc: bool = True
+    # host:port at which the other replicas reach this one (routable request ids).
+    advertise_address: str | None = None
 
 
 class ClientDisconnectedError(Exception):
@@ -138,7 +141,7 @@ class ServingApp:
         self.feed: ObservationFeed | None = None
         self.monitor: MonitorLike | None = None
         self.inflight = 0
-        self._id_prefix = secrets.token_hex(4) + "-"
+        self._id_prefix = feedback.id_prefix(self.config.advertise_address, secrets.token_hex(4))
         self._ids = itertools.count(1)
         self._load_thread: threading.Thread | None = None
         self._routes: dict[str, Route] = {
@@ -453,13 +456,36 @@ class ServingApp:
                 404, "unknown request_id: monitoring is off on this server, so no ids are kept"
             )
         self.feed.flush()  # ids still buffered must be known to the monitor first
-        unknown = [request_id for request_id, label in items if not self.monitor.feedback(request_id, label)]
-        accepted = len(items) - len(unknown)
+        local, remote = self._route_feedback(scope, items)
+        unknown = [request_id for request_id, label in local if not self.monitor.feedback(request_id, label)]
+        accepted = len(local) - len(unknown)
+        for address, routed in remote.items():
+            remote_accepted, remote_unknown = await asyncio.to_thread(feedback.forward, address, routed)
+            accepted += remote_accepted
+            unknown += remote_unknown
         if accepted == 0:
             what = f"request_id {unknown[0]!r}" if len(unknown) == 1 else f"all {len(unknown)} request_ids"
             return await self._error(send, 404, f"unknown or expired {what}; nothing recorded")
         answer = {"accepted": accepted, "unknown": len(unknown), "unknown_request_ids": unknown[:100]}
         return await self._send(send, 200, dumps(answer))
+
+    def _route_feedback(
+        self, scope: Scope, items: list[tuple[str, Any]]
+    ) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]]]:
+        """Split feedback into this replica's ids and, per peer address, the other replicas'."""
+        me = self.config.advertise_address
+        forwarded = any(key == feedback.FORWARDED_HEADER.encode() for key, _ in scope.get("headers", []))
+        if me is None or forwarded:
+            return items, {}
+        local: list[tuple[str, Any]] = []
+        remote: dict[str, list[tuple[str, Any]]] = {}
+        for item in items:
+            address = feedback.owner(item[0])
+            if address is None or address == me:
+                local.append(item)
+            else:
+                remote.setdefault(address, []).append(item)
+        return local, remote
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> int:
         if self.feed is not None:

@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-monitoring", dest="monitoring", action="store_const", const=False, help="no drift/accuracy")
     add("--workers", type=int, help="BentoML worker processes (default 1)")
     add("--download-dir", help="where to download the artifacts (default: a temporary directory)")
+    add(
+        "--advertise-address",
+        help="IPv4:PORT the other replicas reach this one at: /feedback is forwarded to the replica "
+        "that made the prediction (the operator sets it from the pod IP)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:

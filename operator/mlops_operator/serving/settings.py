@@ -62,6 +62,12 @@ class ServeSettings(BaseSettings):
         default=True, description="gc.freeze() after loading, so full collections skip import-time objects."
     )
     workers: int = Field(default=1, ge=1, description="BentoML worker processes (uvicorn: always 1).")
+    advertise_address: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$",
+        description="IPv4:port where the other replicas reach this one; request ids then carry it "
+        "and /feedback forwards labels to the replica that made the prediction.",
+    )
     download_dir: str | None = Field(
         default=None, description="Where to download artifacts (default: a temp dir)."
     )
@@ -77,6 +83,7 @@ class ServeSettings(BaseSettings):
             max_batch_size=self.max_batch_size,
             max_batch_wait_ms=self.max_batch_wait_ms,
             freeze_gc=self.freeze_gc,
+            advertise_address=self.advertise_address,
         )
 
     def to_env(self) -> dict[str, str]:
