@@ -59,10 +59,19 @@ class SandboxError(Exception):
     """An error for the user: printed as is, no traceback."""
 
 
-def default_crds() -> Path | None:
-    """The repository's ``crds/`` when running from a checkout (the package sits in ``operator/``)."""
-    candidate = Path(__file__).resolve().parents[3] / "crds"
-    return candidate if candidate.is_dir() and any(candidate.glob("*.y*ml")) else None
+def default_crds(directory: Path) -> Path:
+    """The CRDs generated from the installed package's models, written to ``DIR/crds``.
+
+    The same bytes as the repository's ``crds/`` (a test keeps those equal), but available
+    wherever the package is installed, checkout or not.
+    """
+    from mlops_operator.api.crdgen import generate
+
+    target = directory / "crds"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in generate().items():
+        (target / name).write_text(text)
+    return target
 
 
 def state_path(directory: Path) -> Path:
@@ -202,7 +211,7 @@ def up(options: Options, err: TextIO = sys.stderr) -> dict[str, Any]:
         check_port_free("127.0.0.1", options.api_port)
     if options.mlflow and options.mlflow_port:
         check_port_free("127.0.0.1", options.mlflow_port)
-    crds = options.crds or default_crds()
+    crds = options.crds or default_crds(directory)
     logs = directory / "logs"
     state: dict[str, Any] = {
         "directory": str(directory),
