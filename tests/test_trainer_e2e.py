@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import logging
 import os
 import shutil
 import socket
@@ -301,9 +302,13 @@ def http_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def run_in_process(
-    home: Path, spec: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    home: Path,
+    spec: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    **extra: str,
 ) -> tuple[int, dict[str, Any]]:
-    for key, value in env_for(home, spec).items():
+    for key, value in env_for(home, spec, **extra).items():
         if key.startswith(("MLOPS_", "MLFLOW_")):
             monkeypatch.setenv(key, value)
     for key in (
@@ -492,7 +497,9 @@ def test_mlflow_down_in_process(
     code = main(["train"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (code, result["reason"]) == (1, "MLflowUnavailable")
-    assert "unavailable" in result["message"] and "opening experiment" in result["message"]
+    # The first request is the lookup of a version this run may already have registered.
+    assert "unavailable" in result["message"] and "looking for a version" in result["message"]
+    assert os.environ["MLFLOW_TRACKING_URI"] in result["message"]
     assert time.monotonic() - started < 10
 
 
@@ -535,3 +542,150 @@ def test_tabular_csv_with_categories_trains(
     assert code == 0, result
     assert result["modelVersion"] == "1" and "search" not in result
     assert [str(v.version) for v in registered_versions(mlflow_home, "tiny-csv")] == ["1"]
+
+
+# --- idempotent per run: a retried pod reports the version its run registered -------------------------
+
+
+def runs_named(home: Path, run_name: str) -> list[Any]:
+    mlflow_client = client(home)
+    return list(
+        mlflow_client.search_runs(
+            [e.experiment_id for e in mlflow_client.search_experiments()],
+            filter_string=f"tags.`mlops.dev/run-name` = '{run_name}'",
+        )
+    )
+
+
+def test_retried_run_reports_its_version_without_training(
+    mlflow_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Same MLOPS_RUN_NAME twice: one version, the same result (to the byte), no second MLflow run."""
+    caplog.set_level(logging.INFO, logger="mlops_operator.trainer")
+    spec = iris_spec(
+        "retried",
+        estimator={**LOGREG, "params": {"max_iter": 300}, "search": {"params": {"C": [0.5, 2.0]}, "cv": 2}},
+    )
+    code, first = run_in_process(mlflow_home, spec, monkeypatch, capsys)
+    assert code == 0, first
+    assert first["search"]["trials"] == 2 and first["params"]["C"] in (0.5, 2.0)
+    [run] = runs_named(mlflow_home, "retried-x7k2p")
+    assert "loaded sklearn://iris" in caplog.text
+    caplog.clear()
+
+    code, second = run_in_process(mlflow_home, spec, monkeypatch, capsys)
+    assert code == 0, second
+    assert json.dumps(second) == json.dumps(first)  # every field, in the same order
+    assert [r.info.run_id for r in runs_named(mlflow_home, "retried-x7k2p")] == [run.info.run_id]
+    assert [str(v.version) for v in registered_versions(mlflow_home, "retried")] == ["1"]
+    assert "run retried-x7k2p had already registered version 1 of retried" in caplog.text
+    assert "loaded sklearn://iris" not in caplog.text  # not even the data
+
+    # A new run of the TrainingJob (a new Job, so a new run name) trains and registers anew.
+    code, third = run_in_process(mlflow_home, spec, monkeypatch, capsys, MLOPS_RUN_NAME="retried-b9q4z")
+    assert (code, third["modelVersion"]) == (0, "2"), third
+    assert third["mlflowRunId"] != first["mlflowRunId"]
+    assert sorted(str(v.version) for v in registered_versions(mlflow_home, "retried")) == ["1", "2"]
+
+
+class PodKilled(BaseException):
+    """Not an Exception: nothing in the trainer catches it, as nothing runs after a SIGKILL."""
+
+
+def test_pod_killed_after_registering_is_not_registered_twice(
+    mlflow_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Registered, then killed before the result: the retry reports that version and ends its run."""
+    import mlflow
+
+    from mlops_operator.trainer import tracking
+
+    real_register = tracking.register
+
+    def register_then_die(**kwargs: Any) -> str:
+        real_register(**kwargs)
+        raise PodKilled
+
+    spec = iris_spec("killed", dataset=TINY, estimator={**LOGREG, "params": {"C": 1.0}})
+    spec["evaluation"] = {"testSize": "0.34"}
+    with monkeypatch.context() as patched:
+        patched.setattr(tracking, "register", register_then_die)
+        with pytest.raises(PodKilled):
+            run_in_process(mlflow_home, spec, monkeypatch, capsys)
+    assert not Path(os.environ["MLOPS_TERMINATION_MESSAGE_PATH"]).exists()
+    [run] = runs_named(mlflow_home, "killed-x7k2p")
+    mlflow.end_run()  # the fluent API's run of this process; a killed pod's stays RUNNING:
+    client(mlflow_home).update_run(run.info.run_id, status="RUNNING")
+    assert client(mlflow_home).get_run(run.info.run_id).info.status == "RUNNING"
+    [version] = registered_versions(mlflow_home, "killed")
+
+    code, result = run_in_process(mlflow_home, spec, monkeypatch, capsys)
+    assert code == 0, result
+    assert (result["modelVersion"], result["mlflowRunId"]) == ("1", run.info.run_id)
+    assert result["sha256"] == version.tags["mlops.dev/sha256"] and result["artifactUri"] == version.source
+    assert result["metrics"] == {
+        k.removeprefix("mlops.dev/metric."): v for k, v in version.tags.items() if "/metric." in k
+    }
+    assert result["dataset"] == {
+        "uri": TINY["uri"],
+        "sha256": version.tags["mlops.dev/dataset-sha256"],
+        "rows": 12,
+    }
+    logged = {k.removeprefix("param."): v for k, v in run.data.params.items() if k.startswith("param.")}
+    assert {k: str(v) for k, v in result["params"].items()} == logged and result["params"]["C"] == 1.0
+    assert result["experimentId"] == run.info.experiment_id and "search" not in result
+    assert [str(v.version) for v in registered_versions(mlflow_home, "killed")] == ["1"]
+    finished = client(mlflow_home).get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags["mlops.dev/model-version"] == "1"
+    assert len(runs_named(mlflow_home, "killed-x7k2p")) == 1
+    assert "had already registered version 1 of killed" in caplog.text
+
+
+def test_version_not_ready_is_not_reused(
+    mlflow_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A version of the run stuck in PENDING_REGISTRATION (killed while waiting) is skipped, left alone."""
+    import sqlite3
+
+    mlflow_client = client(mlflow_home)
+    mlflow_client.create_registered_model("pending")
+    identity = {
+        "mlops.dev/run-name": "pending-x7k2p",
+        "mlops.dev/namespace": "team-a",
+        "mlops.dev/trainingjob": "iris-train",
+    }
+    tags = {**identity, "mlops.dev/sha256": "0" * 64, "mlops.dev/metric.accuracy": "1.0000"}
+    mlflow_client.create_model_version("pending", "file:///nowhere/model", tags=tags)
+    with sqlite3.connect(mlflow_home / "mlflow.db") as db:
+        db.execute("UPDATE model_versions SET status = 'PENDING_REGISTRATION' WHERE name = 'pending'")
+
+    spec = iris_spec("pending", dataset=TINY, estimator=LOGREG, evaluation={"testSize": "0.34"})
+    code, result = run_in_process(mlflow_home, spec, monkeypatch, capsys)
+    assert (code, result["modelVersion"]) == (0, "2"), result
+    assert result["sha256"] != "0" * 64
+    assert "version 1 of pending from run pending-x7k2p is PENDING_REGISTRATION" in caplog.text
+    statuses = {str(v.version): v.status for v in registered_versions(mlflow_home, "pending")}
+    assert statuses == {"1": "PENDING_REGISTRATION", "2": "READY"}
+
+
+def test_manual_run_is_not_looked_up(
+    mlflow_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlops_operator.trainer import tracking
+
+    def no_lookup(name: str, identity: Any) -> None:
+        raise AssertionError("a run without MLOPS_RUN_NAME looked for an earlier registration")
+
+    monkeypatch.setattr(tracking, "find_registration", no_lookup)
+    spec = iris_spec("manual", dataset=TINY, estimator=LOGREG, evaluation={"testSize": "0.34"})
+    code, result = run_in_process(mlflow_home, spec, monkeypatch, capsys, MLOPS_RUN_NAME="")
+    assert (code, result["modelVersion"]) == (0, "1"), result

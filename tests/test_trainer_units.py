@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 from mlops_operator.api.trainingjob import Dataset, Search
 from mlops_operator.monitoring.profile import ReferenceProfile
-from mlops_operator.trainer import cli, fit
+from mlops_operator.trainer import cli, fit, tracking
 from mlops_operator.trainer.data import detect_format, load_dataset, load_sklearn, read_bytes
 from mlops_operator.trainer.errors import TrainerError
 from mlops_operator.trainer.profile import build_profile, categorical_profile, numeric_profile
@@ -416,3 +417,205 @@ def test_unwritable_termination_path_warns(
     )
     assert "cannot write the termination message" in caplog.text
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reason"] == "InvalidSpec"
+
+
+# --- the lookup of a version the run already registered ----------------------------------------------
+
+IDENTITY = {
+    "mlops.dev/run-name": "iris-x7k2p",
+    "mlops.dev/namespace": "team-a",
+    "mlops.dev/trainingjob": "iris",
+}
+
+
+@pytest.mark.parametrize(
+    ("identity", "expected"),
+    [
+        (
+            IDENTITY,
+            "name = 'm' AND tags.`mlops.dev/run-name` = 'iris-x7k2p' AND tags.`mlops.dev/namespace` = 'team-a'"
+            " AND tags.`mlops.dev/trainingjob` = 'iris'",
+        ),
+        (
+            {"mlops.dev/run-name": "mine", "mlops.dev/namespace": None},
+            "name = 'm' AND tags.`mlops.dev/run-name` = 'mine'",
+        ),
+        ({"mlops.dev/run-name": "it's"}, """name = 'm' AND tags.`mlops.dev/run-name` = "it's\""""),
+        ({"mlops.dev/run-name": """it's "x\""""}, None),
+    ],
+    ids=["cluster-run", "unset-tags-left-out", "single-quote", "both-quotes"],
+)
+def test_registration_filter(identity: dict[str, str | None], expected: str | None) -> None:
+    assert tracking.registration_filter("m", identity) == expected
+
+
+def _version(version: int, status: str = "READY", **tags: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        name="m",
+        version=str(version),
+        status=status,
+        tags={**IDENTITY, **tags},
+        run_id=f"run{version}",
+        source=f"s3://bucket/{version}/model",
+    )
+
+
+class FakeClient:
+    """``MlflowClient``'s two calls the lookup makes, with canned answers."""
+
+    versions: list[Any] = []
+    error: Exception | None = None
+    filters: list[str] = []
+
+    def search_model_versions(self, filter_string: str) -> list[Any]:
+        self.filters.append(filter_string)
+        if self.error is not None:
+            raise self.error
+        return self.versions
+
+    def get_run(self, run_id: str) -> Any:
+        return SimpleNamespace(
+            info=SimpleNamespace(experiment_id="7", status="RUNNING"),
+            data=SimpleNamespace(tags={"mlops.dev/best-trial": "1"}, params={"rows": "150"}),
+        )
+
+
+@pytest.fixture
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    monkeypatch.setattr("mlflow.MlflowClient", FakeClient)
+    monkeypatch.setattr(FakeClient, "versions", [])
+    monkeypatch.setattr(FakeClient, "error", None)
+    monkeypatch.setattr(FakeClient, "filters", [])
+    return FakeClient
+
+
+def test_lookup_takes_the_newest_ready_version_of_this_run(
+    fake_client: type[FakeClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_client.versions = [
+        _version(3, "PENDING_REGISTRATION"),  # cut short: never reused
+        _version(1),
+        _version(2),
+        _version(4, **{"mlops.dev/namespace": "team-b"}),  # another namespace's run of the same name
+    ]
+    found = tracking.find_registration("m", IDENTITY)
+    assert found is not None
+    assert (found.version, found.run_id, found.experiment_id, found.source) == (
+        "2",
+        "run2",
+        "7",
+        "s3://bucket/2/model",
+    )
+    assert found.run_params == {"rows": "150"} and found.run_status == "RUNNING"
+    assert len(fake_client.filters) == 1  # one search, whatever the registry holds
+    assert "version 3 of m from run iris-x7k2p is PENDING_REGISTRATION" in caplog.text
+    assert "registered 2 versions of m (1, 2): reporting the newest" in caplog.text
+
+
+def test_lookup_finds_nothing_when_only_failed_registrations(fake_client: type[FakeClient]) -> None:
+    fake_client.versions = [_version(1, "FAILED_REGISTRATION")]
+    assert tracking.find_registration("m", IDENTITY) is None
+
+
+def test_lookup_with_mlflow_down_is_transient(fake_client: type[FakeClient]) -> None:
+    import requests
+
+    fake_client.error = requests.ConnectionError("Connection refused")
+    with pytest.raises(TrainerError) as info:
+        tracking.find_registration("m", IDENTITY)
+    assert (info.value.reason, info.value.exit_code) == ("MLflowUnavailable", 1)
+    assert "looking for a version of m from run iris-x7k2p" in info.value.message
+
+
+def test_lookup_refused_by_the_registry_only_skips_the_check(
+    fake_client: type[FakeClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    fake_client.error = MlflowException("Invalid filter", error_code=INVALID_PARAMETER_VALUE)
+    assert tracking.find_registration("m", IDENTITY) is None
+    assert "could not check whether run iris-x7k2p already registered m" in caplog.text
+
+
+def _registration(tags: dict[str, str], run_tags: dict[str, str]) -> tracking.Registration:
+    return tracking.Registration(
+        name="m",
+        version="4",
+        source="s3://bucket/run9/model",
+        tags={**IDENTITY, **tags},
+        run_id="run9",
+        experiment_id="7",
+        run_status="FINISHED",
+        run_tags=run_tags,
+        run_params={"rows": "150"},
+    )
+
+
+COMPLETE = {
+    "mlops.dev/sha256": "ab" * 32,
+    "mlops.dev/metric.f1": "0.9000",
+    "mlops.dev/metric.accuracy": "0.9333",
+    "mlops.dev/dataset-uri": "sklearn://iris",
+    "mlops.dev/dataset-sha256": "cd" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("tags", "run_tags", "missing"),
+    [
+        (COMPLETE, {"mlops.dev/best-trial": "1"}, None),
+        ({**COMPLETE, "mlops.dev/sha256": ""}, {"mlops.dev/best-trial": "1"}, "a sha256 tag"),
+        ({"mlops.dev/sha256": "ab" * 32}, {"mlops.dev/best-trial": "1"}, "metric tags"),
+        (COMPLETE, {}, "the best-trial tag on its run"),
+        (COMPLETE, {"mlops.dev/best-trial": "5"}, "the best-trial tag on its run"),
+    ],
+    ids=["complete", "no-sha256", "no-metrics", "no-best-trial", "best-trial-out-of-plan"],
+)
+def test_found_version_is_reused_only_when_complete(
+    tags: dict[str, str],
+    run_tags: dict[str, str],
+    missing: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from mlops_operator.api.trainingjob import TrainingJobSpec
+
+    spec = TrainingJobSpec.model_validate(
+        {
+            "model": {"name": "m"},
+            "dataset": {"uri": "sklearn://iris", "target": "species"},
+            "estimator": {
+                "class": "sklearn.linear_model.LogisticRegression",
+                "params": {"max_iter": 300},
+                "search": {"params": {"C": [0.1, 1.0, 10.0]}, "cv": 3},
+            },
+        }
+    )
+    assert spec.estimator.search is not None
+    plan = fit.plan_search(spec.estimator.search, 42)
+    monkeypatch.setattr(tracking, "configure", lambda uri: None)
+    monkeypatch.setattr(tracking, "find_registration", lambda name, identity: _registration(tags, run_tags))
+    monkeypatch.setattr(tracking, "finish_interrupted_run", lambda found: None)
+    context = cli.RunContext("iris", "team-a", "iris-x7k2p", "Create", None, "abc1234", "img:1")
+    fixed = {"max_iter": 300, "random_state": 42}
+    result = cli.reuse_registration(spec, context, task="classification", fixed=fixed, plan=plan, metric="f1")
+    if missing is not None:
+        assert result is None
+        assert f"run iris-x7k2p registered version 4 of m, but it lacks {missing}" in caplog.text
+        return
+    assert result is not None
+    assert result["modelVersion"] == "4" and result["modelUri"] == "models:/m/4"
+    assert (result["mlflowRunId"], result["experimentId"]) == ("run9", "7")
+    assert list(result["metrics"].items()) == [("accuracy", "0.9333"), ("f1", "0.9000")]  # reporting order
+    assert result["params"] == {"max_iter": 300, "random_state": 42, "C": 1.0}  # trial 1 of the plan
+    assert result["search"] == {
+        "type": "grid",
+        "metric": "f1",
+        "trials": 3,
+        "bestTrial": 1,
+        "truncated": False,
+    }
+    assert result["dataset"] == {"uri": "sklearn://iris", "sha256": "cd" * 32, "rows": 150}
+    assert (result["codeVersion"], result["image"]) == (None, None)  # as tagged: the version has none
+    assert "had already registered version 4 of m" in caplog.text

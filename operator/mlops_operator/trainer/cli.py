@@ -1,10 +1,18 @@
 """``mlops-operator train``: one training run, the entry point of a TrainingJob's pod.
 
-Steps, cheapest and most permanent first, so a bad spec or bad data fails in seconds without
-touching MLflow: parse the spec, check the estimator and its parameters, load and validate
-the data, then (MLflow from here on) search, fit, evaluate, log, and register as the very last
-step. The result is one JSON object, written to the termination-message file (the operator
-reads it from the pod's status) and printed as the last line of stdout.
+Steps, cheapest and most permanent first, so a bad spec fails in seconds without touching
+MLflow: parse the spec, check the estimator and its parameters, look in the registry for a
+version this run already registered (see below), load and validate the data, then search, fit,
+evaluate, log, and register as the very last step. The result is one JSON object, written to
+the termination-message file (the operator reads it from the pod's status) and printed as the
+last line of stdout.
+
+Idempotent per run: the Job retries a failed pod, and a pod can die after registering but
+before writing its result (OOM-kill, node loss, eviction). The retry then finds the READY
+version tagged with the run's identity (``MLOPS_RUN_NAME``, namespace, TrainingJob) and reports
+it again, the same result, without loading data or training; without that, the registry would
+get a second version of the run and the operator would only hear of that one. Manual runs (no
+``MLOPS_RUN_NAME``) are not looked up.
 
 Exit codes: 0 success; 3 permanent failure (bad spec, data, estimator, parameters; the Job's
 ``podFailurePolicy`` fails the Job at once); 1 transient failure (MLflow or the dataset's server
@@ -22,12 +30,16 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.trainer.errors import EXIT_OK, TrainerError
+
+if TYPE_CHECKING:
+    from mlops_operator.trainer.fit import SearchPlan
+    from mlops_operator.trainer.validation import Task
 
 log = logging.getLogger("mlops_operator.trainer")
 
@@ -92,16 +104,21 @@ class RunContext:
             return f"{self.namespace}/{self.trainingjob}"
         return model_name
 
+    def identity(self) -> dict[str, str | None]:
+        """The tags that name this run on its registered version (the lookup key of a retried pod)."""
+        from mlops_operator.trainer.tracking import NAMESPACE_TAG, RUN_NAME_TAG, TRAININGJOB_TAG
+
+        return {RUN_NAME_TAG: self.run_name, NAMESPACE_TAG: self.namespace, TRAININGJOB_TAG: self.trainingjob}
+
     def tags(self) -> dict[str, str]:
+        """Lineage tags of the run and its version, the identity among them (unset ones left out)."""
         values = {
-            "trainingjob": self.trainingjob,
-            "namespace": self.namespace,
-            "run-name": self.run_name,
-            "trigger": self.trigger,
-            "code-version": self.code_version,
-            "image": self.image,
+            **self.identity(),
+            "mlops.dev/trigger": self.trigger,
+            "mlops.dev/code-version": self.code_version,
+            "mlops.dev/image": self.image,
         }
-        return {f"mlops.dev/{k}": v for k, v in values.items() if v}
+        return {k: v for k, v in values.items() if v}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +207,13 @@ def train(
     if wants_auc and not hasattr(cls(**fixed), "predict_proba"):
         raise TrainerError("InvalidSpec", f"roc_auc needs predict_proba, which {dotted} with {fixed} lacks")
 
-    # 2. The data.
+    # 2. A retried pod whose run already registered a version: that version's result, no training.
+    if context.run_name:
+        earlier = reuse_registration(spec, context, task=task, fixed=fixed, plan=plan, metric=metric)
+        if earlier is not None:
+            return earlier
+
+    # 3. The data.
     test_size = float(spec.evaluation.test_size)
     loaded = load_dataset(spec.dataset, max_bytes=max_dataset_bytes)
     log.info(
@@ -223,7 +246,7 @@ def train(
         stratify=labels.astype(str) if task == "classification" else None,
     )
 
-    # 3. MLflow: a run, the search, the final fit, evaluation, artifacts, registration.
+    # 4. MLflow: a run, the search, the final fit, evaluation, artifacts, registration.
     import mlflow
 
     from mlops_operator.trainer import evaluate, tracking
@@ -232,8 +255,8 @@ def train(
     experiment_id = tracking.connect(context.tracking_uri, context.experiment_name(spec.model.name))
     lineage = {
         **context.tags(),
-        "mlops.dev/dataset-uri": loaded.uri,
-        "mlops.dev/dataset-sha256": loaded.sha256,
+        tracking.DATASET_URI_TAG: loaded.uri,
+        tracking.DATASET_SHA256_TAG: loaded.sha256,
         "mlops.dev/task": task,
         "mlops.dev/estimator": dotted,
         "mlflow.source.name": "mlops-operator train",
@@ -245,7 +268,7 @@ def train(
     run_id = active.info.run_id
     try:
         best_params = dict(fixed)
-        search_summary: dict[str, Any] | None = None
+        best_trial: int | None = None
         if plan is not None and search is not None:
             log.info("search: %s %s by %s", search.type, plan.note, metric)
             outcome = fit.run_search(
@@ -266,15 +289,9 @@ def train(
             )
             assert outcome.best is not None
             best_params.update(outcome.best.params)
-            mlflow.set_tags({"mlops.dev/search": plan.note, "mlops.dev/best-trial": str(outcome.best.index)})
+            best_trial = outcome.best.index
+            mlflow.set_tags({"mlops.dev/search": plan.note, tracking.BEST_TRIAL_TAG: str(best_trial)})
             tracking.log_metrics({f"cv_{metric}": float(outcome.best.score or 0.0)})
-            search_summary = {
-                "type": search.type,
-                "metric": metric,
-                "trials": len(plan.trials),
-                "bestTrial": outcome.best.index,
-                "truncated": plan.truncated,
-            }
         model = fit.fit_final(
             dotted=dotted,
             params=best_params,
@@ -311,7 +328,7 @@ def train(
         profile = build_profile(x_train, y_train, columns, task=task, target=spec.dataset.target)
         tracking.log_profile(profile)
         logged = tracking.save_and_log_model(model, x_train.head(5), model.predict(x_train.head(5)))
-        mlflow.set_tag("mlops.dev/sha256", logged.sha256)
+        mlflow.set_tag(tracking.SHA256_TAG, logged.sha256)
         metric_strings = evaluate.decimal_strings(reported)
         card = evaluate.model_card(
             spec,
@@ -326,9 +343,9 @@ def train(
         )
         version_tags = {
             **{k: v for k, v in lineage.items() if k.startswith("mlops.dev/")},
-            "mlops.dev/sha256": logged.sha256,
-            "mlops.dev/mlflow-run-id": run_id,
-            **{f"mlops.dev/metric.{k}": v for k, v in metric_strings.items()},
+            tracking.SHA256_TAG: logged.sha256,
+            tracking.RUN_ID_TAG: run_id,
+            **{f"{tracking.METRIC_TAG_PREFIX}{k}": v for k, v in metric_strings.items()},
         }
         version = tracking.register(
             name=spec.model.name,
@@ -354,6 +371,40 @@ def train(
         tracking.fail_run(error.reason, error.message)
         raise error from exc
 
+    return success_result(
+        spec,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        version=version,
+        artifact_uri=logged.artifact_uri,
+        sha256=logged.sha256,
+        metrics=metric_strings,
+        dataset={"uri": loaded.uri, "sha256": loaded.sha256, "rows": loaded.rows},
+        params=best_params,
+        task=task,
+        code_version=context.code_version,
+        image=context.image,
+        search=search_summary(spec, plan, metric, best_trial),
+    )
+
+
+def success_result(
+    spec: TrainingJobSpec,
+    *,
+    run_id: str,
+    experiment_id: str,
+    version: str,
+    artifact_uri: str,
+    sha256: str,
+    metrics: dict[str, str],
+    dataset: dict[str, Any],
+    params: dict[str, Any],
+    task: str,
+    code_version: str | None,
+    image: str | None,
+    search: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The result of a run that registered a version (built once, whether trained now or found again)."""
     result: dict[str, Any] = {
         "status": "Succeeded",
         "mlflowRunId": run_id,
@@ -361,19 +412,129 @@ def train(
         "modelName": spec.model.name,
         "modelVersion": version,
         "modelUri": f"models:/{spec.model.name}/{version}",
-        "artifactUri": logged.artifact_uri,
-        "sha256": logged.sha256,
-        "metrics": metric_strings,
-        "dataset": {"uri": loaded.uri, "sha256": loaded.sha256, "rows": loaded.rows},
-        "params": {k: _jsonable(v) for k, v in best_params.items()},
-        "estimator": dotted,
-        "codeVersion": context.code_version,
-        "image": context.image,
+        "artifactUri": artifact_uri,
+        "sha256": sha256,
+        "metrics": metrics,
+        "dataset": dataset,
+        "params": {k: _jsonable(v) for k, v in params.items()},
+        "estimator": spec.estimator.class_,
+        "codeVersion": code_version,
+        "image": image,
         "task": task,
     }
-    if search_summary is not None:
-        result["search"] = search_summary
+    if search is not None:
+        result["search"] = search
     return result
+
+
+def search_summary(
+    spec: TrainingJobSpec, plan: SearchPlan | None, metric: str, best_trial: int | None
+) -> dict[str, Any] | None:
+    search = spec.estimator.search
+    if search is None or plan is None or best_trial is None:
+        return None
+    return {
+        "type": search.type,
+        "metric": metric,
+        "trials": len(plan.trials),
+        "bestTrial": best_trial,
+        "truncated": plan.truncated,
+    }
+
+
+def reuse_registration(
+    spec: TrainingJobSpec,
+    context: RunContext,
+    *,
+    task: Task,
+    fixed: dict[str, Any],
+    plan: SearchPlan | None,
+    metric: str,
+) -> dict[str, Any] | None:
+    """The result of the version an earlier attempt of this run registered, rebuilt; None to train.
+
+    Rebuilt from the version's tags (sha256, metrics, dataset) and its run (experiment, rows,
+    best trial). The parameters are recomputed as the first attempt computed them: the spec is
+    the same (it is the Job's), so are the fixed parameters and the seeded search plan, and the
+    run says which trial won; MLflow keeps parameters only as strings. A version missing one of
+    these is not reused (and the run trains and registers again).
+    """
+    from mlops_operator.trainer import fit, tracking
+
+    tracking.configure(context.tracking_uri)
+    found = tracking.find_registration(spec.model.name, context.identity())
+    if found is None:
+        return None
+    tags = found.tags
+    sha256 = tags.get(tracking.SHA256_TAG)
+    logged = {
+        key.removeprefix(tracking.METRIC_TAG_PREFIX): value
+        for key, value in tags.items()
+        if key.startswith(tracking.METRIC_TAG_PREFIX)
+    }
+    order = list(fit.metrics_for(task))  # the order the first attempt reported them in
+    metrics = {
+        k: logged[k] for k in sorted(logged, key=lambda k: (order.index(k) if k in order else len(order), k))
+    }
+    best_trial = _int(found.run_tags.get(tracking.BEST_TRIAL_TAG))
+    trial_known = plan is None or (best_trial is not None and 0 <= best_trial < len(plan.trials))
+    if not sha256 or not metrics or not trial_known:
+        missing = [
+            what
+            for what, present in (
+                ("a sha256 tag", sha256),
+                ("metric tags", metrics),
+                ("the best-trial tag on its run", trial_known),
+            )
+            if not present
+        ]
+        log.warning(
+            "run %s registered version %s of %s, but it lacks %s: not reused, training again",
+            context.run_name,
+            found.version,
+            found.name,
+            " and ".join(missing),
+        )
+        return None
+    params = dict(fixed)
+    if plan is not None and best_trial is not None:
+        params.update(plan.trials[best_trial])
+    log.warning(
+        "run %s had already registered version %s of %s (MLflow run %s, sha256 %s) in an earlier "
+        "attempt: reporting that version, not training again",
+        context.run_name,
+        found.version,
+        found.name,
+        found.run_id,
+        sha256,
+    )
+    tracking.finish_interrupted_run(found)
+    return success_result(
+        spec,
+        run_id=found.run_id,
+        experiment_id=found.experiment_id,
+        version=found.version,
+        artifact_uri=found.source,
+        sha256=sha256,
+        metrics=metrics,
+        dataset={
+            "uri": tags.get(tracking.DATASET_URI_TAG),
+            "sha256": tags.get(tracking.DATASET_SHA256_TAG),
+            "rows": _int(found.run_params.get("rows")),
+        },
+        params=params,
+        task=task,
+        code_version=tags.get(f"{tracking.TAG_PREFIX}code-version"),
+        image=tags.get(f"{tracking.TAG_PREFIX}image"),
+        search=search_summary(spec, plan, metric, best_trial),
+    )
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _from_mlflow(exc: BaseException) -> bool:

@@ -18,6 +18,11 @@ MLflow quirks handled here:
   resolves to when the run holds an ``MLmodel`` file.
 - Registration is the last step, and undone if anything after ``create_model_version`` fails
   (the version is deleted; a registered model created by this attempt and left empty too).
+- A pod can still die between registering and writing its result (OOM-kill, node loss,
+  eviction), and the Job then runs it again. Versions are tagged with the run's identity
+  (:data:`RUN_NAME_TAG`, :data:`NAMESPACE_TAG`, :data:`TRAININGJOB_TAG`), so
+  :func:`find_registration` finds what an earlier attempt registered (one
+  ``search_model_versions`` with a tag filter) instead of registering twice.
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ CONFUSION_MATRIX_ARTIFACT: Final = "confusion_matrix.png"
 PREDICTED_VS_ACTUAL_ARTIFACT: Final = "predicted_vs_actual.png"
 #: Tag on runs and versions: the Job that made them (finds a version again after a pod restart).
 TAG_PREFIX: Final = "mlops.dev/"
+#: On runs and versions: one run of a TrainingJob is one Job; its pods are attempts of the same run.
+RUN_NAME_TAG: Final = f"{TAG_PREFIX}run-name"
+NAMESPACE_TAG: Final = f"{TAG_PREFIX}namespace"
+TRAININGJOB_TAG: Final = f"{TAG_PREFIX}trainingjob"
+#: On versions: what the trainer's result is rebuilt from when a retried pod finds its run's version.
+SHA256_TAG: Final = f"{TAG_PREFIX}sha256"
+METRIC_TAG_PREFIX: Final = f"{TAG_PREFIX}metric."
+DATASET_URI_TAG: Final = f"{TAG_PREFIX}dataset-uri"
+DATASET_SHA256_TAG: Final = f"{TAG_PREFIX}dataset-sha256"
+#: On runs: the index of the search trial whose parameters the registered model was fitted with.
+BEST_TRIAL_TAG: Final = f"{TAG_PREFIX}best-trial"
+MODEL_VERSION_TAG: Final = f"{TAG_PREFIX}model-version"
+#: On versions: the run that logged the model (``run_id`` too, but a version may be created without one).
+RUN_ID_TAG: Final = f"{TAG_PREFIX}mlflow-run-id"
 _READY_WAIT_SECONDS: Final = 120.0
 
 
@@ -68,14 +87,21 @@ def mlflow_error(
     return TrainerError(permanent_reason, f"MLflow refused {doing}: {text}")
 
 
-def connect(tracking_uri: str | None, experiment_name: str) -> str:
-    """Point MLflow at the tracking server and pick the experiment; its id. Fails fast when down."""
+def configure(tracking_uri: str | None) -> None:
+    """Point MLflow at the tracking server (and registry) with bounded retries; no request yet."""
     bound_http_retries(TRAINER_HTTP_DEFAULTS)
     import mlflow
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
+
+
+def connect(tracking_uri: str | None, experiment_name: str) -> str:
+    """Point MLflow at the tracking server and pick the experiment; its id. Fails fast when down."""
+    configure(tracking_uri)
+    import mlflow
+
     try:
         experiment = mlflow.set_experiment(experiment_name)
     except Exception as exc:
@@ -219,7 +245,7 @@ def register(
         )
         version = str(entity.version)
         _wait_ready(client, name, version)
-        client.set_tag(run_id, f"{TAG_PREFIX}model-version", version)
+        client.set_tag(run_id, MODEL_VERSION_TAG, version)
         return version
     except Exception as exc:
         _undo_registration(client, name, version, created_model)
@@ -271,3 +297,154 @@ def fail_run(reason: str, message: str) -> None:
             del run
     except Exception:
         log.exception("could not mark the MLflow run FAILED")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A READY version that an earlier attempt of this run registered, and that attempt's MLflow run."""
+
+    name: str
+    version: str
+    source: str
+    tags: Mapping[str, str]
+    run_id: str
+    experiment_id: str
+    run_status: str
+    run_tags: Mapping[str, str]
+    run_params: Mapping[str, str]
+
+
+def registration_filter(name: str, identity: Mapping[str, str | None]) -> str | None:
+    """``search_model_versions``' filter for ``name``'s versions tagged with ``identity`` (unset tags left out).
+
+    MLflow's filter strings have no escapes: a value is quoted with whichever quote it does not
+    contain, and None is returned when it contains both (only a hand-set ``MLOPS_RUN_NAME`` could).
+    """
+    clauses = [f"name = '{name}'"]
+    for key, value in identity.items():
+        if not value:
+            continue
+        if "'" not in value:
+            clauses.append(f"tags.`{key}` = '{value}'")
+        elif '"' not in value:
+            clauses.append(f'tags.`{key}` = "{value}"')
+        else:
+            return None
+    return " AND ".join(clauses)
+
+
+def find_registration(name: str, identity: Mapping[str, str | None]) -> Registration | None:
+    """The READY version of ``name`` that this run (``identity``: its identity tags) registered, if any.
+
+    One ``search_model_versions`` filtered by the tags, and ``get_run`` on a hit. A version in
+    any other status is a registration that failed or was cut short: it is never reused (its
+    files may be incomplete) nor deleted here (undoing a failed registration is the job of the
+    attempt that made it, which may still be alive on a lost node). Should the run have several
+    READY versions (left by a trainer without this check), the newest is reported, as it was.
+    MLflow down raises ``MLflowUnavailable``; a registry that refuses the filter (an old server)
+    only costs the check: the caller trains as it did before.
+    """
+    from mlflow import MlflowClient
+
+    where = registration_filter(name, identity)
+    run_name = identity.get(RUN_NAME_TAG)
+    if where is None:
+        log.warning("cannot search MLflow for run name %r (both quote characters): not checked", run_name)
+        return None
+    client = MlflowClient()
+    try:
+        found = list(client.search_model_versions(where))
+    except Exception as exc:
+        if not is_transient(exc):
+            log.warning(
+                "could not check whether run %s already registered %s (%s): training as usual",
+                run_name,
+                name,
+                redact(str(exc))[:600],
+            )
+            return None
+        raise mlflow_error(
+            exc, f"looking for a version of {name} from run {run_name} at {_registry_uri()}"
+        ) from exc
+    ready = []
+    for entity in found:
+        tags = dict(entity.tags or {})
+        if entity.name != name or any(tags.get(key) != (identity.get(key) or None) for key in identity):
+            continue  # another run's: the filter left out an unset tag
+        if str(entity.status) == "READY":
+            ready.append(entity)
+        else:
+            log.warning(
+                "version %s of %s from run %s is %s (a failed or interrupted registration): not reused",
+                entity.version,
+                name,
+                run_name,
+                entity.status,
+            )
+    if not ready:
+        return None
+    ready.sort(key=lambda entity: int(entity.version))
+    chosen = ready[-1]
+    if len(ready) > 1:
+        log.warning(
+            "run %s registered %d versions of %s (%s): reporting the newest",
+            run_name,
+            len(ready),
+            name,
+            ", ".join(str(entity.version) for entity in ready),
+        )
+    tags = dict(chosen.tags or {})
+    run_id = chosen.run_id or tags.get(RUN_ID_TAG)
+    if not run_id:
+        log.warning(
+            "version %s of %s from run %s names no MLflow run: not reused", chosen.version, name, run_name
+        )
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        if is_transient(exc):
+            raise mlflow_error(exc, f"reading run {run_id} of version {chosen.version} of {name}") from exc
+        log.warning(
+            "version %s of %s: its MLflow run %s cannot be read (%s): not reused",
+            chosen.version,
+            name,
+            run_id,
+            redact(str(exc))[:600],
+        )
+        return None
+    return Registration(
+        name=name,
+        version=str(chosen.version),
+        source=str(chosen.source),
+        tags=tags,
+        run_id=run_id,
+        experiment_id=str(run.info.experiment_id),
+        run_status=str(run.info.status),
+        run_tags=dict(run.data.tags),
+        run_params=dict(run.data.params),
+    )
+
+
+def finish_interrupted_run(registration: Registration) -> None:
+    """Best effort: what the attempt that registered would have done next (tag its run, end it FINISHED).
+
+    Only a run left RUNNING is ended: its pod died. One that ended otherwise is left as recorded.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if registration.run_tags.get(MODEL_VERSION_TAG) != registration.version:
+            client.set_tag(registration.run_id, MODEL_VERSION_TAG, registration.version)
+        if registration.run_status == "RUNNING":
+            client.set_terminated(registration.run_id, "FINISHED")
+            log.info("ended the interrupted MLflow run %s as FINISHED", registration.run_id)
+    except Exception as exc:
+        log.warning("could not finish the MLflow run %s: %s", registration.run_id, redact(str(exc))[:600])
+
+
+def _registry_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_registry_uri())
