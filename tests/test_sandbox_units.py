@@ -15,7 +15,7 @@ from mlops_operator.sandbox.deployments import (
     surge_and_unavailable,
     template_hash,
 )
-from mlops_operator.sandbox.jobs import plan_job
+from mlops_operator.sandbox.jobs import plan_job, pod_failure_action
 from mlops_operator.sandbox.objects import format_time, selector_matches, set_condition
 from mlops_operator.sandbox.podspec import (
     ContainerConfigError,
@@ -416,3 +416,71 @@ def test_resolve_port() -> None:
         and resolve_port(body, 81) == 81
         and resolve_port(body, "x") is None
     )
+
+
+def _failed_pod(
+    exit_code: int, container: str = "trainer", conditions: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "j-abcde", "namespace": "default"},
+        "status": {
+            "phase": "Failed",
+            "conditions": conditions or [],
+            "containerStatuses": [{"name": container, "state": {"terminated": {"exitCode": exit_code}}}],
+        },
+    }
+
+
+_POLICY = {
+    "rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("pod", "action"),
+    [
+        (_failed_pod(3), "FailJob"),
+        (_failed_pod(1), "Count"),
+        (_failed_pod(3, container="sidecar"), "Count"),
+        (_failed_pod(137, conditions=[{"type": "DisruptionTarget", "status": "True"}]), "Ignore"),
+    ],
+    ids=["exit-3-fails-the-job", "other-exit-counts", "other-container", "disruption-ignored"],
+)
+def test_pod_failure_policy(pod: dict[str, Any], action: str) -> None:
+    assert pod_failure_action(_POLICY, pod)[0] == action
+
+
+def test_fail_job_rule_fails_the_job_without_retry() -> None:
+    job = {
+        "metadata": {"name": "j", "namespace": "default"},
+        "spec": {"backoffLimit": 6, "podFailurePolicy": _POLICY},
+    }
+    plan = plan_job(job, [_failed_pod(3)], datetime.datetime.now(datetime.UTC))
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 3" in failed["message"]
+    assert plan.create == 0
+
+
+def test_each_sandbox_gets_its_own_network() -> None:
+    from mlops_operator.sandbox import network
+
+    first = network.claim("first")
+    second = network.claim("second")
+    try:
+        assert first.index != second.index
+        assert not set(first.pod_range) & set(second.pod_range)
+        assert not set(first.service_range) & set(second.service_range)
+        assert (
+            second.describe() == f"pods on 127.{second.index}.0.2-254, services on 127.{second.index}.1.1-254"
+        )
+    finally:
+        first.release()
+    again = network.claim("third")  # a released network is free again
+    try:
+        assert again.index == first.index
+    finally:
+        again.release()
+        second.release()

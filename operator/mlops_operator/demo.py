@@ -13,6 +13,7 @@ demo exits non-zero naming the stage that did not happen. The sandbox is stopped
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -73,6 +74,9 @@ class Demo:
         except DemoError as exc:
             self.say(f"  ✗ {title}: {exc}")
             raise
+        except Exception as exc:  # anything unexpected still names the stage, then stops the demo
+            self.say(f"  ✗ {title}: {type(exc).__name__}: {exc}")
+            raise DemoError(str(exc)) from exc
         self.say(f"  ✓ {title} ({time.monotonic() - began:.1f}s){': ' + detail if detail else ''}")
 
     # --- helpers ----------------------------------------------------------------------------
@@ -320,7 +324,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds each stage may take")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a CI timeout, `kill`) must still stop the sandbox: unwind through `finally`.
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     demo = Demo(args.dir, sys.stdout, args.timeout)
     demo.say("mlops-operator demo: train, validate, serve, monitor, on this machine (no cluster, no Docker)")
     stages: list[tuple[str, Callable[[], str]]] = [

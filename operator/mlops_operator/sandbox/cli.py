@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     up = with_dir("up", "start the sandbox and return once every component is ready")
     up.add_argument(
-        "--crds", type=Path, default=None, help="directory of CRDs to install (default: generated from the installed models)"
+        "--crds",
+        type=Path,
+        default=None,
+        help="directory of CRDs to install (default: generated from the installed models)",
     )
     up.add_argument("--no-mlflow", action="store_true", help="do not start the embedded MLflow server")
     up.add_argument("--no-operator", action="store_true", help="do not start the operator")

@@ -93,7 +93,9 @@ def plan_job(
     succeeded = [pod for pod in live if pod.get("status", {}).get("phase") == "Succeeded"]
     failed = [pod for pod in live if pod.get("status", {}).get("phase") == "Failed"]
     active = [pod for pod in live if pod not in succeeded and pod not in failed]
-    failures = len(failed)
+    verdicts = [pod_failure_action(spec.get("podFailurePolicy"), pod) for pod in failed]
+    fail_job = next((v for v in verdicts if v[0] == "FailJob"), None)
+    failures = sum(1 for action, _ in verdicts if action != "Ignore")
     if restart_policy == "OnFailure":
         failures += sum(
             int(status_.get("restartCount", 0))
@@ -129,7 +131,9 @@ def plan_job(
 
     deadline = spec.get("activeDeadlineSeconds")
     failure: tuple[str, str] | None = None
-    if deadline is not None and (now - start).total_seconds() >= float(deadline):
+    if fail_job is not None:
+        failure = ("PodFailurePolicy", fail_job[1])
+    elif deadline is not None and (now - start).total_seconds() >= float(deadline):
         failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
     elif int(status.get("failed", 0)) > backoff_limit:
         failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -168,6 +172,42 @@ def plan_job(
         if remaining > 0:
             return JobPlan(status=status, requeue_after=remaining)
     return JobPlan(create=wanted, status=status, requeue_after=_until_deadline(deadline, start, now))
+
+
+def pod_failure_action(policy: Mapping[str, Any] | None, pod: Mapping[str, Any]) -> tuple[str, str]:
+    """The podFailurePolicy action for one failed pod (``FailJob``, ``Ignore`` or ``Count``) and why.
+
+    As the Job controller does: the rules are tried in order and the first that matches
+    decides; ``onExitCodes`` matches a terminated container's exit code (``In``/``NotIn``,
+    optionally one container), ``onPodConditions`` a pod condition; no match counts.
+    """
+    for index, rule in enumerate((policy or {}).get("rules") or []):
+        action = str(rule.get("action", "Count"))
+        exit_codes = rule.get("onExitCodes")
+        if exit_codes:
+            wanted = set(exit_codes.get("values") or [])
+            for container in pod.get("status", {}).get("containerStatuses") or []:
+                if exit_codes.get("containerName") not in (None, container.get("name")):
+                    continue
+                code = (container.get("state", {}).get("terminated") or {}).get("exitCode")
+                if code is None or code == 0:
+                    continue
+                if (code in wanted) == (exit_codes.get("operator", "In") == "In"):
+                    name = f"{pod.get('metadata', {}).get('namespace')}/{pod.get('metadata', {}).get('name')}"
+                    return action, (
+                        f"Container {container.get('name')} for pod {name} failed with exit code {code} "
+                        f"matching {action} rule at index {index}"
+                    )
+        for wanted_condition in rule.get("onPodConditions") or []:
+            for condition in pod.get("status", {}).get("conditions") or []:
+                if condition.get("type") == wanted_condition.get("type") and condition.get(
+                    "status"
+                ) == wanted_condition.get("status", "True"):
+                    return (
+                        action,
+                        f"Pod has condition {condition.get('type')} matching {action} rule at index {index}",
+                    )
+    return "Count", ""
 
 
 def _until_deadline(deadline: Any, start: datetime.datetime, now: datetime.datetime) -> float | None:

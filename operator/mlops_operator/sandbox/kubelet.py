@@ -66,6 +66,7 @@ class KubeletConfig:
     )
     image_pull_backoff: float = 2.0  # ErrImagePull turns into ImagePullBackOff after this
     max_grace_seconds: float = 5.0  # caps terminationGracePeriodSeconds (default 30 on a cluster)
+    pod_range: tuple[str, str] = ("127.0.0.2", "127.0.0.254")  # set from the claimed network
 
     @property
     def logs_dir(self) -> Path:
@@ -118,7 +119,7 @@ class Kubelet:
         self.secrets = secrets
         self.services = services
         self.record_event = record_event
-        self.pool = AddressPool("127.0.0.2", "127.0.0.254")
+        self.pool = AddressPool(*config.pod_range)
         self.workers: dict[tuple[str, str], PodWorker] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self.probe_session: aiohttp.ClientSession | None = None

@@ -253,7 +253,7 @@ def up(options: Options, err: TextIO = sys.stderr) -> dict[str, Any]:
             _wait(
                 "the runtime", process, log, lambda: "ready" if ready_file.exists() else None, options.timeout
             )
-            return "pods on 127.0.0.2-254, services on 127.0.1.1-254"
+            return ready_file.read_text().strip()  # the runtime's network: "pods on 127.K.0.2-254, ..."
 
         progress.step("runtime", start_runtime)
 

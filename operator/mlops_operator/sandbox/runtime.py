@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 
+from mlops_operator.sandbox import network
 from mlops_operator.sandbox.deployments import HASH_LABEL, plan_deployment
 from mlops_operator.sandbox.jobs import job_pod_labels, plan_job
 from mlops_operator.sandbox.kube import (
@@ -88,6 +89,7 @@ CLUSTER_IP_RANGE = ("127.0.1.1", "127.0.1.254")
 
 @dataclasses.dataclass
 class RuntimeConfig(KubeletConfig):
+    service_range: tuple[str, str] = CLUSTER_IP_RANGE  # set from the claimed network
     job_backoff_base: float = 1.0  # Job controller: 10s on a cluster
     job_backoff_cap: float = 30.0  # Job controller: 6 minutes on a cluster
     resync_seconds: float = 2.0  # a level-based pass at least this often (deadlines, TTLs, progress)
@@ -163,7 +165,7 @@ class Runtime:
         self.server = server
         self.config = config
         self.proxy = ServiceProxy()
-        self.cluster_ips = AddressPool(*CLUSTER_IP_RANGE)
+        self.cluster_ips = AddressPool(*config.service_range)
         self.ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._requeue: list[float] = []
@@ -495,13 +497,19 @@ class Runtime:
         self._orphans_seen = seen
 
 
+def on_network(config: RuntimeConfig, claimed: network.Network) -> RuntimeConfig:
+    """``config`` with the pod and Service address ranges of the claimed network."""
+    return dataclasses.replace(config, pod_range=claimed.pod_range, service_range=claimed.service_range)
+
+
 class RuntimeThread:
     """The runtime on its own event loop in a daemon thread (for tests): ``start()`` returns once synced."""
 
     def __init__(self, server: str, config: RuntimeConfig) -> None:
         self.runtime: Runtime | None = None
         self._server = server
-        self._config = config
+        self.network = network.claim(str(config.state_dir))
+        self._config = on_network(config, self.network)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="sandbox-runtime", daemon=True)
         self._started = threading.Event()
@@ -534,6 +542,7 @@ class RuntimeThread:
         return self
 
     def stop(self, timeout: float = 30) -> None:
+        self.network.release()
         if self._task is not None:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(timeout)
@@ -559,7 +568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )  # fmt: skip
-    config = RuntimeConfig(state_dir=args.dir, restart_backoff_base=args.restart_backoff)
+    try:
+        claimed = network.claim(str(args.dir))
+    except network.NoFreeNetwork as exc:
+        print(f"sandbox runtime: {exc}", file=sys.stderr)
+        return 1
+    config = on_network(RuntimeConfig(state_dir=args.dir, restart_backoff_base=args.restart_backoff), claimed)
 
     async def amain() -> None:
         runtime = Runtime(args.server, config)
@@ -570,7 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready = asyncio.create_task(runtime.ready.wait())
         await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
         if runtime.ready.is_set() and args.ready_file:
-            args.ready_file.write_text("ready\n")
+            staged = args.ready_file.with_suffix(".tmp")  # atomic: the manager reads it once it exists
+            staged.write_text(claimed.describe() + "\n")
+            staged.replace(args.ready_file)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
