@@ -30,7 +30,8 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         manager.down(directory)  # whatever happened, leave no process behind
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     out = result.stdout
-    assert out.count("✓") >= 9 and "✗" not in out
+    assert out.count("✓") >= 10 and "✗" not in out
+    assert "retrain requested: " in out and "serving version 2" in out
     assert "DriftDetected=True" in out and "Degraded=True(AccuracyBelowThreshold)" in out
     assert "Done: every stage happened." in out
     assert "every process the sandbox started is stopped" in out

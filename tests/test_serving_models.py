@@ -116,9 +116,12 @@ def mlflow_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     uri = f"sqlite:///{root}/mlflow.db"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    # Artifacts next to the database, not in the working directory.
+    # Artifacts next to the database, not in the working directory (MLflow's default for a
+    # sqlite store is ./mlruns); the directory is put back when the session ends.
+    cwd = os.getcwd()
     os.chdir(root)
     yield uri
+    os.chdir(cwd)
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

@@ -177,6 +177,7 @@ def test_iris_end_to_end(mlflow_home: Path) -> None:
     assert {"confusion_matrix.png", "model", PROFILE_ARTIFACT} <= artifacts
 
     mlflow.set_tracking_uri(tracking_uri(mlflow_home))
+    mlflow.set_registry_uri(tracking_uri(mlflow_home))  # another module's store may be the global one
     png = mlflow.artifacts.download_artifacts(
         run_id=result["mlflowRunId"],
         artifact_path="confusion_matrix.png",
@@ -246,6 +247,7 @@ def test_regressor_on_diabetes_with_random_search(mlflow_home: Path) -> None:
     assert "predicted_vs_actual.png" in artifacts and "reference_profile.json" in artifacts
 
     mlflow.set_tracking_uri(tracking_uri(mlflow_home))
+    mlflow.set_registry_uri(tracking_uri(mlflow_home))  # another module's store may be the global one
     x_test, y_test = recompute_split(
         load_sklearn("sklearn://diabetes", "progression").frame, "progression", False
     )

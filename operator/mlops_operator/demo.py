@@ -4,8 +4,9 @@ Starts the sandbox (emulated API server, local runtime, embedded MLflow, the ope
 plays the loop as a user would see it: a TrainingJob trains the iris model and registers it;
 its ModelVersion passes its gates; an InferenceService serves it on two replicas; steady
 traffic with correct ground truth keeps drift and accuracy healthy; skewed traffic with wrong
-labels makes both move, and the operator reports it (DriftDetected, Degraded); a killed
-replica comes back. Every stage waits for the cluster's own status (with a deadline) and the
+labels makes both move, and the operator reports it (DriftDetected, Degraded) and asks the
+TrainingJob for a new run, whose version is validated against production and rolled out; a
+killed replica comes back. Every stage waits for the cluster's own status (with a deadline) and the
 demo exits non-zero naming the stage that did not happen. The sandbox is stopped at the end
 (``--keep`` leaves it running to explore with kubectl).
 """
@@ -277,6 +278,41 @@ class Demo:
         bad = get_condition(isvc["status"]["conditions"], "Degraded") or {}
         return f"{drift.get('message')}; {bad.get('message')}"
 
+    def retrain(self) -> str:
+        def retrained() -> dict[str, Any] | None:
+            tj = self.get("TrainingJob", "iris-train")
+            runs = [r for r in tj.get("status", {}).get("runs") or [] if r.get("trigger") == "Retrain"]
+            return (
+                tj
+                if runs and runs[-1].get("phase") == "Succeeded" and tj["status"].get("latestModelVersion")
+                else None
+            )
+
+        requested = self.wait(
+            "the operator to request a retrain",
+            lambda: (self.get("InferenceService", "iris").get("status", {}).get("retraining") or {}).get(
+                "reason"
+            ),
+        )
+        self.say(f"  retrain requested: {requested}")
+        tj = self.wait("the retraining run to register a new version", retrained, timeout=self.timeout * 2)
+        name = tj["status"]["latestModelVersion"]
+        version = tj["status"]["lastRun"]["modelVersion"]
+        self.wait_condition("ModelVersion", name, "Validated", "True")
+        self.say(f"  {name} validated against production (version 1)")
+        self.wait(
+            f"InferenceService iris to serve version {version} on 2 ready replicas",
+            lambda: (
+                (stable := (self.get("InferenceService", "iris").get("status", {}).get("stable") or {})).get(
+                    "modelVersion"
+                )
+                == version
+                and stable.get("readyReplicas") == 2
+            ),
+        )
+        history = self.get("InferenceService", "iris")["status"].get("history") or []
+        return f"run {tj['status']['lastRun']['name']} ({requested}) -> {name} Validated -> serving version {version} ({history[-1]['reason']})"
+
     def recover(self) -> str:
         assert self.kube is not None
         pods = self.kube.list("Pod", NAMESPACE, label_selector="mlops.dev/inferenceservice=iris")
@@ -341,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         ("predict: /predict and Open Inference Protocol v2", demo.predict),
         ("steady traffic with correct labels", demo.steady),
         ("skewed traffic with wrong labels: drift and accuracy move", demo.skewed),
+        ("the loop closes: retrain, validate, roll out the new version", demo.retrain),
         ("a replica is killed and comes back", demo.recover),
     ]
     code = 0

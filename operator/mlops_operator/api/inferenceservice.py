@@ -209,6 +209,9 @@ class MonitoringStatus(ApiModel):
     samples: Annotated[int, Field(ge=0)] = 0
     labelled_samples: Annotated[int, Field(ge=0)] = 0
     last_checked: dt.datetime | None = None
+    recent_drift: Annotated[list[bool], Field(max_length=100)] | None = Field(
+        default=None, description="Drift verdicts of the last retraining.driftPeriods checks, oldest first."
+    )
 
 
 class HistoryEntry(ApiModel):
@@ -216,6 +219,14 @@ class HistoryEntry(ApiModel):
     promoted_at: dt.datetime | None = None
     rolled_back_at: dt.datetime | None = None
     reason: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class RetrainingStatus(ApiModel):
+    last_requested: dt.datetime | None = Field(default=None, description="When a run was last requested.")
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    message: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="Why a wanted retrain waits, or why it could not be requested."
+    )
 
 
 class InferenceServiceStatus(ApiModel):
@@ -232,7 +243,10 @@ class InferenceServiceStatus(ApiModel):
     rollout: RolloutStatus | None = None
     monitoring: MonitoringStatus | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=20)] | None = None
-    last_retrain_time: dt.datetime | None = None
+    retraining: RetrainingStatus | None = None
+    production_version: Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="The version this service last set MLflow's production alias to."
+    )
 
 
 class InferenceService(ApiModel):

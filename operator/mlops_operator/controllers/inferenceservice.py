@@ -9,6 +9,7 @@ while both run, the stable Service spreads traffic over both by replica count.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import urllib.error
 import urllib.request
@@ -19,9 +20,16 @@ from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.config import get_settings
 from mlops_operator.controllers.base import Context, get_registry
 from mlops_operator.controllers.conditions import Status, is_true, now_iso, set_condition
+from mlops_operator.controllers.runs import RUN_REQUEST_ANNOTATION, RUN_TRIGGER_ANNOTATION
 from mlops_operator.monitoring.status import summarize
-from mlops_operator.registry.client import ModelVersionNotFound, RegisteredModelNotFound, RegistryUnavailable
+from mlops_operator.registry.client import (
+    ModelVersionNotFound,
+    RegisteredModelNotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
 from mlops_operator.resources import serving as S
+from mlops_operator.rollout import retraining as retrain
 
 #: Waiting reasons of a container that mean "this pod will not serve until someone acts".
 _BROKEN = (
@@ -46,6 +54,7 @@ class Target:
 
 
 Verdict = tuple[Status, str, str]  # status, reason, message
+_GATEWAY_NOTE = "traffic.router GatewayAPI is not available in this release: traffic splits by replica counts"
 
 
 class NoModel(Exception):
@@ -200,11 +209,11 @@ def fetch_snapshots(pods: list[dict[str, Any]], timeout: float = 2.0) -> list[di
 
 def _monitoring(
     ctx: Context[InferenceServiceSpec], status: dict[str, Any], pods: list[dict[str, Any]]
-) -> tuple[Verdict, Verdict | None]:
+) -> tuple[Verdict, Verdict | None, dict[str, Any] | None]:
     """status.monitoring, the DriftDetected verdict, and an accuracy problem (Degraded) if any."""
     if not ctx.spec.monitoring.enabled:
         status.pop("monitoring", None)
-        return ("Unknown", "MonitoringDisabled", "spec.monitoring.enabled is false"), None
+        return ("Unknown", "MonitoringDisabled", "spec.monitoring.enabled is false"), None, None
     summary = summarize(fetch_snapshots(pods), ctx.spec.monitoring)
     status["monitoring"] = {**summary["status"], "lastChecked": now_iso()}
     block = summary["status"]
@@ -234,7 +243,69 @@ def _monitoring(
             "AccuracyBelowThreshold",
             f"accuracy {block['accuracy']} < {ctx.spec.monitoring.accuracy.min} over {block['labelledSamples']} labelled predictions",
         )
-    return drift, accuracy
+    return drift, accuracy, summary
+
+
+def _retrain(ctx: Context[InferenceServiceSpec], status: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Request a run of the retraining TrainingJob when the served model has degraded enough."""
+    spec = ctx.spec.retraining
+    assert spec is not None
+    now = dt.datetime.now(dt.UTC)
+    retraining = dict(status.get("retraining") or {})
+    previous = (ctx.status.get("monitoring") or {}).get("recentDrift") or []
+    last = retraining.get("lastRequested")
+    decision = retrain.decide(
+        spec,
+        list(previous),
+        drift=summary["drift"],
+        accuracy_low=summary["accuracyLow"],
+        last_retrain=dt.datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None,
+        now=now,
+    )
+    status.setdefault("monitoring", {})["recentDrift"] = decision.history
+    if decision.reason is None:
+        if decision.waiting:
+            retraining["message"] = decision.waiting
+        else:
+            retraining.pop("message", None)
+    elif ctx.kube.get("TrainingJob", ctx.namespace, spec.training_job) is None:
+        message = f"retraining.trainingJob {spec.training_job} does not exist in {ctx.namespace}"
+        if retraining.get("message") != message:
+            ctx.event("Warning", "RetrainingJobNotFound", message)
+        retraining["message"] = message
+    else:
+        stamp = now_iso(now)
+        annotations = {RUN_REQUEST_ANNOTATION: stamp, RUN_TRIGGER_ANNOTATION: "Retrain"}
+        ctx.kube.patch(
+            "TrainingJob", ctx.namespace, spec.training_job, {"metadata": {"annotations": annotations}}
+        )
+        retraining = {"lastRequested": stamp, "reason": decision.reason}
+        ctx.event(
+            "Normal",
+            "RetrainRequested",
+            f"asked TrainingJob {spec.training_job} for a run: {decision.reason}",
+        )
+    if retraining:
+        status["retraining"] = retraining
+    else:
+        status.pop("retraining", None)
+
+
+def _production_alias(ctx: Context[InferenceServiceSpec], status: dict[str, Any], version: str) -> None:
+    """Point MLflow's ``production`` alias at the version that serves (gates compare against it)."""
+    if status.get("productionVersion") == version:
+        return
+    try:
+        get_registry().set_alias(ctx.spec.model.name, "production", version)
+    except RegistryError as exc:  # retried on the next reconciliation
+        ctx.logger.warning(
+            "could not set the production alias of %s to %s: %s", ctx.spec.model.name, version, exc
+        )
+        return
+    status["productionVersion"] = version
+    ctx.event(
+        "Normal", "ProductionAliasSet", f"MLflow alias production -> {ctx.spec.model.name} version {version}"
+    )
 
 
 def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
@@ -245,6 +316,8 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     versions = _model_versions(ctx)
     stable_version = (status.get("stable") or {}).get("modelVersion")
 
+    if ctx.spec.traffic.router == "GatewayAPI" and ctx.kube.get("Service", ctx.namespace, ctx.name) is None:
+        ctx.event("Warning", "GatewayAPINotAvailable", _GATEWAY_NOTE)  # once: when the service is first built
     ctx.kube.apply(S.build_stable_service(ctx.owner))
     pdb = S.build_pdb(ctx.owner, desired)
     if pdb is not None:
@@ -284,6 +357,8 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     stable_target = _target_for(stable_version, versions)
     stable = _converge_version(ctx, stable_target, "stable")
     progressing: Verdict = ("False", "Stable", f"serving version {stable_version}")
+    if ctx.spec.traffic.router == "GatewayAPI":
+        progressing = ("False", "Stable", f"serving version {stable_version}; {_GATEWAY_NOTE}")
     if target is not None and target.version != stable_version:
         first = ctx.kube.get("Deployment", ctx.namespace, S.predictor_name(ctx.name, target.version)) is None
         if first:
@@ -361,7 +436,11 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     conditions = set_condition(conditions, "Ready", *ready_condition, generation=generation)
     conditions = set_condition(conditions, "Progressing", *progressing, generation=generation)
 
-    drift, accuracy_problem = _monitoring(ctx, status, stable_pods)
+    drift, accuracy_problem, summary = _monitoring(ctx, status, stable_pods)
+    if ready >= 1:
+        _production_alias(ctx, status, stable_version)
+    if ctx.spec.retraining is not None and summary is not None:
+        _retrain(ctx, status, summary)
     conditions = set_condition(conditions, "DriftDetected", *drift, generation=generation)
     degraded: Verdict
     if 0 < ready < desired:
