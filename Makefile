@@ -39,6 +39,7 @@ demo: $(STAMP)
 
 ## Benchmarks: numbers, machine and versions into BENCHMARKS.md (never asserted by tests).
 bench: $(STAMP)
+	command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BIN)/python -m mlops_operator.bench --output BENCHMARKS.md
 
 clean:

@@ -35,7 +35,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = config.watch_server_timeout
     settings.watching.client_timeout = config.watch_client_timeout
     settings.watching.connect_timeout = 10
-    settings.batching.worker_limit = config.worker_limit
+    settings.queueing.worker_limit = config.worker_limit
     settings.execution.max_workers = max(4, config.worker_limit)
     settings.posting.level = logging.getLevelName(config.event_level.upper())
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
