@@ -8,7 +8,6 @@ is exercised against the emulated API server in test_apiserver_crds.py.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.controllers.base import parse_spec
 from mlops_operator.controllers.metrics import InvalidSpecError
+from mlops_operator.sandbox.apiserver.patching import merge_patch
 
 ROOT = Path(__file__).resolve().parent.parent
 BASES: dict[str, tuple[Path, type[BaseModel]]] = {
@@ -30,19 +30,6 @@ BASES: dict[str, tuple[Path, type[BaseModel]]] = {
     "inferenceservice": (ROOT / "examples/iris-inferenceservice.yaml", InferenceServiceSpec),
 }
 CORPUS: list[dict[str, Any]] = yaml.safe_load((ROOT / "tests/data/bad_manifests.yaml").read_text())
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def bad_manifest(case: dict[str, Any]) -> tuple[dict[str, Any], type[BaseModel]]:
