@@ -1,16 +1,18 @@
 """A corpus of bad manifests: each is rejected with the offending field named.
 
-Two enforcers are checked here, offline: the operator's own parse (pydantic schema + the
-CRD's CEL rules, evaluated with cel-python), which is what protects a cluster that skips CEL;
-and the CEL rules alone for the cross-field cases. The API-server path (422 from the schema)
-is exercised against the emulated API server in test_apiserver_crds.py.
+Three enforcers are checked: the API server (the emulated one, with the project's CRDs: a
+422 whose causes name the field), the operator's own parse (pydantic schema + the CRD's CEL
+rules, evaluated with cel-python), which is what protects a cluster that skips CEL, and the
+CEL rules alone for the cross-field cases.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -21,6 +23,7 @@ from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.controllers.base import parse_spec
 from mlops_operator.controllers.metrics import InvalidSpecError
+from mlops_operator.sandbox.apiserver import ApiServerThread
 from mlops_operator.sandbox.apiserver.patching import merge_patch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,3 +81,34 @@ def test_transition_rule_keeps_model_name_immutable() -> None:
     violations = cel.validate_model(ModelVersionSpec, renamed["spec"], old=manifest["spec"])
     assert [(v.field, v.message) for v in violations] == [("spec.model.name", "model.name is immutable")]
     assert cel.validate_model(ModelVersionSpec, manifest["spec"], old=manifest["spec"]) == []
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    server = ApiServerThread(crds_dir=ROOT / "crds").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[case["id"] for case in CORPUS])
+def test_api_server_rejects_bad_manifest_naming_the_field(api_url: str, case: dict[str, Any]) -> None:
+    manifest, _ = bad_manifest(case)
+    manifest["metadata"]["name"] = case["id"]
+    plural = {
+        "trainingjob": "trainingjobs",
+        "modelversion": "modelversions",
+        "inferenceservice": "inferenceservices",
+    }
+    response = httpx.post(
+        f"{api_url}/apis/mlops.dev/v1alpha1/namespaces/default/{plural[case['base']]}",
+        json=manifest,
+        timeout=10,
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["kind"] == "Status" and body["reason"] == "Invalid"
+    fields = [cause["field"] for cause in body["details"]["causes"]]
+    assert case["field"] in fields, (fields, body["message"])
+    assert case["field"] in body["message"]
