@@ -138,6 +138,13 @@ print(json.dumps([str(p) for p in model.predict(data)]))
     rows = load_iris().data[:20].tolist()
     served = httpx.post(f"{url}/predict", json={"instances": rows}, timeout=10).json()["prediction"]
     assert served == mlflow_predictions
+    # What serves is what MLflow's production alias names (gates compare candidates with it).
+    from mlops_operator.registry.client import Registry
+
+    registry = Registry(cluster.mlflow)
+    wait_for(
+        lambda: registry.resolve_alias("iris-classifier", "production").version == version, message="alias"
+    )
 
 
 def cluster_url(cluster: Cluster, name: str) -> str:

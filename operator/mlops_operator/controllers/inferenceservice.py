@@ -291,17 +291,26 @@ def _retrain(ctx: Context[InferenceServiceSpec], status: dict[str, Any], summary
         status.pop("retraining", None)
 
 
+def _alias(ctx: Context[InferenceServiceSpec], alias: str, version: str | None) -> bool:
+    """Point an MLflow alias of the served model at ``version`` (None: remove it); best effort."""
+    registry = get_registry()
+    try:
+        if version is None:
+            registry.delete_alias(ctx.spec.model.name, alias)
+        else:
+            registry.set_alias(ctx.spec.model.name, alias, version)
+    except RegistryError as exc:  # the rollout does not wait for MLflow; production is retried
+        ctx.logger.warning(
+            "could not move alias %s of %s to %s: %s", alias, ctx.spec.model.name, version, exc
+        )
+        return False
+    return True
+
+
 def _production_alias(ctx: Context[InferenceServiceSpec], status: dict[str, Any], version: str) -> None:
     """Point MLflow's ``production`` alias at the version that serves (gates compare against it)."""
-    if status.get("productionVersion") == version:
-        return
-    try:
-        get_registry().set_alias(ctx.spec.model.name, "production", version)
-    except RegistryError as exc:  # retried on the next reconciliation
-        ctx.logger.warning(
-            "could not set the production alias of %s to %s: %s", ctx.spec.model.name, version, exc
-        )
-        return
+    if status.get("productionVersion") == version or not _alias(ctx, "production", version):
+        return  # done already, or MLflow is unavailable: retried on the next reconciliation
     status["productionVersion"] = version
     ctx.event(
         "Normal", "ProductionAliasSet", f"MLflow alias production -> {ctx.spec.model.name} version {version}"
@@ -393,6 +402,7 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
                 f"version {target.version} serves all traffic; version {stable_version} retired",
             )
             stable_version, stable_target, stable = target.version, target, candidate
+            _alias(ctx, "candidate", None)
         else:
             problem = pod_problem(_pods(ctx, target.version))
             message = f"rolling out version {target.version}: {_ready_count(candidate)}/{desired} ready"
