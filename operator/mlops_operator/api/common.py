@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
@@ -44,11 +43,6 @@ _DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 def parse_duration(value: str) -> float:
     """Seconds in a Go-style duration string ("1h30m" -> 5400.0)."""
     return sum(float(number) * _DURATION_UNIT[unit] for number, unit in _DURATION_PART.findall(value))
-
-
-def to_decimal(value: str | None) -> Decimal | None:
-    """A decimal-string threshold as a Decimal (exact: "0.9" stays 0.9)."""
-    return None if value is None else Decimal(value)
 
 
 def cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:

@@ -56,10 +56,3 @@ def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[s
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     condition = get_condition(conditions, type_)
     return condition is not None and condition.get("status") == "True"
-
-
-def same_conditions(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> bool:
-    """True when nothing a user would see changed (ignoring timestamps that were kept)."""
-    return sorted((c.get("type", ""), repr(sorted(c.items()))) for c in old or []) == sorted(
-        (c.get("type", ""), repr(sorted(c.items()))) for c in new or []
-    )
