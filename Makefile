@@ -21,8 +21,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -40,7 +40,8 @@ demo: $(STAMP)
 ## Benchmarks: numbers, machine and versions into BENCHMARKS.md (never asserted by tests).
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
-	$(BIN)/python -m mlops_operator.bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.serving_bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.rollout_bench --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures_apiserver",
     "tests.fixtures_sandbox",
+    "tests.fixtures_operator",
 ]
 
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

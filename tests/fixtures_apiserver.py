@@ -29,6 +29,12 @@ class RunningApiServer:
         return self.thread.url
 
     @property
+    def token(self) -> str:
+        """The administrator's bearer token (every request must carry one)."""
+        assert self.thread.admin_token is not None
+        return self.thread.admin_token
+
+    @property
     def emulator(self) -> ApiEmulator:
         return self.thread.emulator
 
@@ -53,7 +59,12 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApiSe
     """A module-scoped emulated API server with the test CRDs (and the project's, if present)."""
     thread = ApiServerThread(crds_dir=TEST_CRDS).start()
     try:
-        kubeconfig = write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", thread.url)
+        kubeconfig = write_kubeconfig(
+            tmp_path_factory.mktemp("kube") / "config",
+            thread.url,
+            token=thread.admin_token,
+            ca=thread.certificates.ca,
+        )
         yield RunningApiServer(thread, kubeconfig)
     finally:
         thread.stop()

@@ -8,8 +8,10 @@ state: tests never sleep to synchronise.
 
 from __future__ import annotations
 
+import base64
 import json
 import pathlib
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -19,10 +21,15 @@ import pytest
 import yaml
 
 from mlops_operator.sandbox import manager
-from mlops_operator.sandbox.apiserver import ApiServerThread, write_kubeconfig
+from mlops_operator.sandbox.apiserver import (
+    ApiServerThread,
+    sandbox_authenticator,
+    sandbox_tokens,
+    write_kubeconfig,
+)
 from mlops_operator.sandbox.mlflow_server import MlflowServer, free_port
+from mlops_operator.sandbox.pod_runtime import RuntimeConfig, RuntimeThread
 from mlops_operator.sandbox.processes import stop_group
-from mlops_operator.sandbox.runtime import RuntimeConfig, RuntimeThread
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(__file__).parent / "data" / "sandbox"
@@ -50,9 +57,20 @@ KINDS: dict[str, tuple[str, str, bool]] = {
 class Api:
     """A tiny synchronous client for tests: objects in and out as dicts, errors as exceptions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None, ca: bytes) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.tls = ssl.create_default_context(cadata=ca.decode())
+        self.http = httpx.Client(base_url=url, timeout=10, headers=headers, verify=self.tls)
+
+    @classmethod
+    def from_kubeconfig(cls, path: pathlib.Path) -> Api:
+        """The client a kubeconfig written by the sandbox describes (its server, CA and token)."""
+        config = yaml.safe_load(path.read_text())
+        cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+        return cls(
+            cluster["server"], user.get("token"), base64.b64decode(cluster["certificate-authority-data"])
+        )
 
     def path(self, kind: str, namespace: str | None = "default", name: str | None = None) -> str:
         prefix, plural, namespaced = KINDS[kind]
@@ -103,13 +121,31 @@ class Api:
 class Sandbox:
     """A running sandbox: API server URL, kubeconfig, state directory, a client, the runtime."""
 
-    def __init__(self, apiserver: ApiServerThread, runtime: RuntimeThread, directory: pathlib.Path) -> None:
+    def __init__(
+        self,
+        apiserver: ApiServerThread,
+        runtime: RuntimeThread,
+        directory: pathlib.Path,
+        tokens: dict[str, str],
+    ) -> None:
         self.apiserver = apiserver
         self.runtime = runtime
         self.dir = directory
         self.url = apiserver.url
-        self.kubeconfig = write_kubeconfig(directory / "kubeconfig", apiserver.url)
-        self.api = Api(apiserver.url)
+        self.tokens = tokens
+        #: The user's kubeconfig (an administrator), and the operator's (its ServiceAccount).
+        ca = apiserver.certificates.ca
+        self.kubeconfig = write_kubeconfig(
+            directory / "kubeconfig", apiserver.url, token=tokens["admin"], ca=ca
+        )
+        self.operator_kubeconfig = write_kubeconfig(
+            directory / "operator.kubeconfig",
+            apiserver.url,
+            token=tokens["operator"],
+            ca=ca,
+            user="mlops-operator",
+        )
+        self.api = Api(apiserver.url, tokens["admin"], ca)
         self.mlflow_uri: str | None = None
 
     def log(self, pod: str, container: str, namespace: str = "default") -> str:
@@ -198,11 +234,14 @@ def _crds_dir() -> pathlib.Path | None:
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """API server + runtime in threads of this process; pods are real processes on 127.0.0.N."""
     directory = tmp_path_factory.mktemp("sandbox")
-    apiserver = ApiServerThread(crds_dir=_crds_dir()).start()
+    tokens = sandbox_tokens()
+    apiserver = ApiServerThread(crds_dir=_crds_dir(), authenticator=sandbox_authenticator(tokens)).start()
     try:
-        runtime = RuntimeThread(apiserver.url, _runtime_config(directory)).start()
+        runtime = RuntimeThread(
+            apiserver.url, _runtime_config(directory), tokens["runtime"], apiserver.certificates.ca
+        ).start()
         try:
-            yield Sandbox(apiserver, runtime, directory)
+            yield Sandbox(apiserver, runtime, directory, tokens)
         finally:
             runtime.stop()
     finally:
@@ -237,7 +276,7 @@ def sandbox_operator(sandbox: Sandbox) -> Iterator[Callable[[], str]]:
         if started:
             return started[0][1]
         liveness, metrics = free_port(), free_port()
-        env = {"KUBECONFIG": str(sandbox.kubeconfig), "MLOPS_METRICS_PORT": str(metrics),
+        env = {"KUBECONFIG": str(sandbox.operator_kubeconfig), "MLOPS_METRICS_PORT": str(metrics),
                "MLOPS_LIVENESS_PORT": str(liveness)}  # fmt: skip
         if sandbox.mlflow_uri:
             env["MLOPS_MLFLOW_TRACKING_URI"] = sandbox.mlflow_uri

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,14 +28,15 @@ from mlops_operator.sandbox.apiserver import ApiServerThread, EmulatedApiServer,
 from tests.fixtures_apiserver import DATA, TEST_CRDS, RunningApiServer
 
 WIDGETS = "/apis/test.mlops.dev/v1alpha1"
-HTTP = urllib3.PoolManager()
 
 
 class Api:
     """A thin raw-HTTP client: tests look at status codes and bodies exactly as sent."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None, ca: bytes) -> None:
         self.url = url
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = urllib3.PoolManager(ssl_context=ssl.create_default_context(cadata=ca.decode()))
 
     def __call__(
         self,
@@ -44,8 +47,8 @@ class Api:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": content_type, **(headers or {})}
-        response = HTTP.request(method, self.url + path, body=data, headers=all_headers, timeout=10)
+        all_headers = {"Content-Type": content_type, **self.auth, **(headers or {})}
+        response = self.http.request(method, self.url + path, body=data, headers=all_headers, timeout=10)
         text = response.data.decode()
         try:
             return response.status, json.loads(text)
@@ -53,7 +56,9 @@ class Api:
             return response.status, text
 
     def watch(self, path: str, timeout: float = 5) -> Iterator[dict[str, Any]]:
-        response = HTTP.request("GET", self.url + path, preload_content=False, timeout=timeout)
+        response = self.http.request(
+            "GET", self.url + path, preload_content=False, timeout=timeout, headers=self.auth
+        )
         buffer = b""
         for chunk in response.stream(1024):
             buffer += chunk
@@ -66,7 +71,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(apiserver: RunningApiServer) -> Api:
-    return Api(apiserver.url)
+    return Api(apiserver.url, apiserver.token, apiserver.thread.certificates.ca)
 
 
 @pytest.fixture
@@ -606,6 +611,28 @@ def test_valid_values_pass_with_defaults_and_pruning(api: Api, ns: str) -> None:
     ]
 
 
+def test_pruned_fields_come_back_as_warnings_beside_the_object(api: Api, ns: str) -> None:
+    """Warnings travel in the ``Warning`` header (kubectl prints them), never inside the object."""
+    path = f"{api.url}{WIDGETS}/namespaces/{ns}/widgets"
+
+    def send(method: str, url: str, body: Any, content_type: str = "application/json") -> Any:
+        headers = {"Content-Type": content_type, **api.auth}
+        return api.http.request(method, url, body=json.dumps(body).encode(), headers=headers, timeout=10)
+
+    created = send("POST", path, widget("warned", bogus=1))
+    assert created.status == 201
+    assert created.headers.get("Warning") == '299 - "unknown field "spec.bogus""'
+    assert "__warnings__" not in json.loads(created.data)
+    patched = send(
+        "PATCH", f"{path}/warned", {"spec": {"replicas": 2, "other": 2}}, "application/merge-patch+json"
+    )
+    assert patched.status == 200
+    assert patched.headers.get("Warning") == '299 - "unknown field "spec.other""'
+    assert "__warnings__" not in json.loads(patched.data)
+    clean = send("POST", path, widget("clean"))
+    assert clean.status == 201 and "Warning" not in clean.headers
+
+
 def test_cel_transition_rule_uses_old_self(api: Api, ns: str) -> None:
     api("POST", f"{WIDGETS}/namespaces/{ns}/widgets", widget("t", mode="fast"))
     merge = "application/merge-patch+json"
@@ -697,7 +724,13 @@ def test_events_and_leases_are_storable(api: Api, ns: str) -> None:
 
 async def test_async_runner_and_kubeconfig(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with EmulatedApiServer.running(host="127.0.0.1", port=0, crds_dir=TEST_CRDS) as server:
-        config = write_kubeconfig(tmp_path / "config", server.url, namespace="default")
+        config = write_kubeconfig(
+            tmp_path / "config",
+            server.url,
+            namespace="default",
+            token=server.admin_token,
+            ca=server.certificates.ca,
+        )
         monkeypatch.setenv("KUBECONFIG", str(config))
         credentials = kopf.login_with_kubeconfig(
             logger=logging.getLogger(__name__), settings=kopf.OperatorSettings()
@@ -713,23 +746,31 @@ async def test_async_runner_and_kubeconfig(tmp_path: pathlib.Path, monkeypatch: 
 def test_thread_runner_with_state_file(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state.json"
     with ApiServerThread(crds_dir=TEST_CRDS, state_file=state) as first:
-        status, obj = Api(first.url)("POST", f"{WIDGETS}/namespaces/default/widgets", widget("kept"))
+        status, obj = Api(first.url, first.admin_token, first.certificates.ca)(
+            "POST", f"{WIDGETS}/namespaces/default/widgets", widget("kept")
+        )
         assert status == 201
     with ApiServerThread(state_file=state) as second:
-        status, again = Api(second.url)("GET", f"{WIDGETS}/namespaces/default/widgets/kept")
+        status, again = Api(second.url, second.admin_token, second.certificates.ca)(
+            "GET", f"{WIDGETS}/namespaces/default/widgets/kept"
+        )
         assert status == 200 and again["metadata"]["uid"] == obj["metadata"]["uid"]
 
 
 def test_process_entry_point(tmp_path: pathlib.Path) -> None:
-    url_file = tmp_path / "url"
+    url_file, kubeconfig = tmp_path / "url", tmp_path / "kubeconfig"
     process = subprocess.Popen(
         [sys.executable, "-m", "mlops_operator.sandbox.apiserver", "--host", "127.0.0.1", "--port", "0",
-         "--crds", str(TEST_CRDS), "--url-file", str(url_file)],
+         "--crds", str(TEST_CRDS), "--url-file", str(url_file), "--kubeconfig", str(kubeconfig)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         url = wait_for(lambda: url_file.exists() and url_file.read_text().strip(), timeout=20)
-        status, listing = Api(url)("GET", f"{WIDGETS}/widgets")
+        config = yaml.safe_load(kubeconfig.read_text())
+        token = config["users"][0]["user"]["token"]
+        ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+        assert Api(url, None, ca)("GET", f"{WIDGETS}/widgets")[0] == 401
+        status, listing = Api(url, token, ca)("GET", f"{WIDGETS}/widgets")
         assert (status, listing["kind"]) == (200, "WidgetList")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
@@ -796,3 +837,43 @@ def test_kopf_operator_with_namespace_pattern(apiserver: RunningApiServer, api: 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# -- 12. kmock: the adapter's pin and its DSL ---------------------------------------------------
+
+
+def test_kmock_is_the_version_the_adapter_was_written_for() -> None:
+    """kmock_adapter uses kmock internals: an upgrade must fail here, loudly, and nowhere else."""
+    import importlib.metadata
+    import tomllib
+
+    from mlops_operator.sandbox.apiserver.kmock_adapter import KMOCK_VERSION
+
+    installed = importlib.metadata.version("kmock")
+    assert installed == KMOCK_VERSION, (
+        f"kmock {installed} is installed, but sandbox/apiserver/kmock_adapter.py was written for kmock "
+        f"{KMOCK_VERSION} and uses its internals (listed in that module's docstring): check each against "
+        f"kmock {installed}, then move KMOCK_VERSION and the kmock pin in pyproject.toml together"
+    )
+    project = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    pins = {r.replace(" ", "") for r in requirements if r.startswith("kmock")}
+    assert pins == {f"kmock=={KMOCK_VERSION}"}, (
+        f"pyproject.toml must pin kmock exactly to the adapter's version {KMOCK_VERSION}, not {sorted(pins)}"
+    )
+
+
+def test_kmock_reactions_take_precedence_over_the_emulation() -> None:
+    """Fault injection through kmock's DSL: a matching reaction answers before the emulator does."""
+    with ApiServerThread() as thread:
+        api = Api(thread.url, thread.admin_token, thread.certificates.ca)
+        pods = "/api/v1/namespaces/default/pods"
+        assert api("GET", pods)[0] == 200
+        thread.call(lambda: thread.emulator[f"get {pods}"] << 503)
+        assert api("GET", pods)[0] == 503
+        assert api("GET", "/api/v1/namespaces/default/configmaps")[0] == 200  # others unaffected
+        recorded = thread.call(lambda: [(r.method, r.url.path) for r in thread.emulator._requests])
+        assert recorded.count(("GET", pods)) == 2  # both recorded, the answered and the injected

@@ -8,6 +8,7 @@ CEL rules alone for the cross-field cases.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,7 @@ from mlops_operator.api import cel
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.api.trainingjob import TrainingJobSpec
-from mlops_operator.controllers.base import parse_spec
-from mlops_operator.controllers.metrics import InvalidSpecError
+from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
 from mlops_operator.sandbox.apiserver import ApiServerThread
 from mlops_operator.sandbox.apiserver.patching import merge_patch
 
@@ -84,16 +84,20 @@ def test_transition_rule_keeps_model_name_immutable() -> None:
 
 
 @pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
+def api_url() -> Iterator[tuple[str, str, ssl.SSLContext]]:
     server = ApiServerThread(crds_dir=ROOT / "crds").start()
     try:
-        yield server.url
+        assert server.admin_token is not None
+        yield server.url, server.admin_token, server.certificates.client_context()
     finally:
         server.stop()
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case["id"] for case in CORPUS])
-def test_api_server_rejects_bad_manifest_naming_the_field(api_url: str, case: dict[str, Any]) -> None:
+def test_api_server_rejects_bad_manifest_naming_the_field(
+    api_url: tuple[str, str, ssl.SSLContext], case: dict[str, Any]
+) -> None:
+    url, token, tls = api_url
     manifest, _ = bad_manifest(case)
     manifest["metadata"]["name"] = case["id"]
     plural = {
@@ -102,8 +106,10 @@ def test_api_server_rejects_bad_manifest_naming_the_field(api_url: str, case: di
         "inferenceservice": "inferenceservices",
     }
     response = httpx.post(
-        f"{api_url}/apis/mlops.dev/v1alpha1/namespaces/default/{plural[case['base']]}",
+        f"{url}/apis/mlops.dev/v1alpha1/namespaces/default/{plural[case['base']]}",
         json=manifest,
+        headers={"Authorization": f"Bearer {token}"},
+        verify=tls,
         timeout=10,
     )
     assert response.status_code == 422, response.text

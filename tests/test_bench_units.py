@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from mlops_operator.bench import parse_wrk
+from benchmarks.serving_bench import parse_wrk
 
 WRK = """Running 5s test @ http://127.0.0.1:8080/predict
   2 threads and 64 connections

@@ -1,4 +1,4 @@
-"""The Helm chart, the images' Dockerfiles and the kind config, checked offline with real tools.
+"""The Helm chart, the images' Dockerfile and the kind config, checked offline with real tools.
 
 The chart is rendered with the real ``helm`` (v4, see tests/tools.py), every object is
 validated against the official Kubernetes schemas, alert rules go through ``promtool``.
@@ -25,7 +25,7 @@ import yaml
 
 from mlops_operator import __version__
 from mlops_operator.config import Settings
-from mlops_operator.kube import KINDS
+from mlops_operator.kube_client import KINDS
 from tests import tools
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -564,8 +564,8 @@ def test_chart_readme_documents_every_value() -> None:
 
 def _metric_names() -> set[str]:
     """Every series name the operator and the model servers expose (from their one definition)."""
-    from mlops_operator.controllers import metrics as operator_metrics
-    from mlops_operator.monitoring import metrics as server_metrics
+    from mlops_operator.controllers import operator_metrics
+    from mlops_operator.monitoring import server_metrics
 
     names = {v for k, v in vars(server_metrics).items() if k.isupper() and isinstance(v, str)}
     names = {n for n in names if n.startswith("mlops_")}
@@ -686,8 +686,11 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# --- (10) Dockerfiles, .dockerignore, kind -------------------------------------------------
+# --- (10) Dockerfile, .dockerignore, kind --------------------------------------------------
 
+DOCKERFILE = ROOT / "images" / "Dockerfile"
+#: The Dockerfile's targets (`docker build -f images/Dockerfile --target <image>`) and the
+#: command each runs by default.
 IMAGES = {
     "operator": ["run", "--all-namespaces"],
     "trainer": ["train"],
@@ -715,6 +718,48 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     return result
 
 
+def _global_args(steps: list[tuple[str, str]]) -> dict[str, str]:
+    """The ARGs declared before the first FROM: the only ones a FROM line can use."""
+    args: dict[str, str] = {}
+    for instruction, arguments in steps:
+        if instruction == "FROM":
+            break
+        if instruction == "ARG" and "=" in arguments:
+            name, _, default = arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def _stages(path: Path) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (what it is FROM, ARGs substituted; its instructions after the FROM)."""
+    steps = _instructions(path)
+    args = _global_args(steps)
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for instruction, arguments in steps:
+        if instruction == "FROM":
+            words = arguments.split()
+            assert len(words) == 3 and words[1].upper() == "AS", f"{path}: unnamed stage FROM {arguments}"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            assert words[2] not in stages, f"{path}: stage {words[2]} twice"
+            current = []
+            stages[words[2]] = (base, current)
+        elif current is not None:
+            current.append((instruction, arguments))
+    return stages
+
+
+def _chain(stages: dict[str, tuple[str, list[tuple[str, str]]]], name: str) -> list[tuple[str, str]]:
+    """The instructions an image built from stage `name` inherits, its base image's first."""
+    base, steps = stages[name]
+    return (_chain(stages, base) if base in stages else []) + steps
+
+
+def _root_base(stages: dict[str, tuple[str, list[tuple[str, str]]]], name: str) -> str:
+    base = stages[name][0]
+    return _root_base(stages, base) if base in stages else base
+
+
 def _pyproject_extras() -> set[str]:
     import tomllib
 
@@ -722,49 +767,108 @@ def _pyproject_extras() -> set[str]:
         return set(tomllib.load(handle)["project"]["optional-dependencies"])
 
 
-@pytest.mark.parametrize(("image", "command"), sorted(IMAGES.items()))
-def test_dockerfile(image: str, command: list[str]) -> None:
+def test_dockerfile_has_one_target_per_image_on_a_pinned_base() -> None:
+    stages = _stages(DOCKERFILE)
+    assert set(IMAGES) <= set(stages), f"targets missing: {set(IMAGES) - set(stages)}"
+    assert list(stages)[-1] == "operator", "a build without --target gives the operator image"
+    for name in stages:
+        base = _root_base(stages, name)
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), (
+            f"stage {name}: base {base!r} is not pinned to an exact patch tag"
+        )
+    assert len({_root_base(stages, image) for image in IMAGES}) == 1, "one base for every image"
+
+
+@pytest.mark.parametrize(("image", "command"), sorted(IMAGES.items()), ids=sorted(IMAGES))
+def test_dockerfile_target(image: str, command: list[str]) -> None:
     from mlops_operator.cli import SUBCOMMANDS
 
-    path = ROOT / "images" / image / "Dockerfile"
-    steps = _instructions(path)
-    args: dict[str, str] = {}
-    for instruction, arguments in steps:
-        if instruction == "ARG" and "=" in arguments:
-            name, _, default = arguments.partition("=")
-            args.setdefault(name, default)
-    froms = [arguments for instruction, arguments in steps if instruction == "FROM"]
-    assert len(froms) >= 2, "multi-stage: build the wheel in one stage, copy the venv into the next"
-    for source in froms:
-        base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], source.split()[0])
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), (
-            f"{image}: base {base!r} is not pinned to an exact patch tag"
-        )
-    final = len(steps) - [i for i, _ in steps][::-1].index("FROM") - 1
-    runtime = steps[final:]
-    assert any(i == "COPY" and "--from=build" in a for i, a in runtime), "runtime must copy the built venv"
-    assert not any(i == "RUN" and "pip install" in a for i, a in runtime), "no pip in the runtime stage"
+    stages = _stages(DOCKERFILE)
+    runtime = _chain(stages, image)
+    copies = [a.split() for i, a in runtime if i == "COPY" and a.startswith("--from=")]
+    assert [words[1:] for words in copies] == [["/opt/venv", "/opt/venv"]], (
+        f"{image}: the runtime copies exactly one built virtualenv"
+    )
+    venv_stage = copies[0][0].removeprefix("--from=")
+    assert venv_stage in stages, f"{image}: COPY --from={venv_stage} names no stage"
+    assert not any(i == "RUN" and "pip" in a for i, a in runtime), f"{image}: no pip in the runtime"
     user = [a for i, a in runtime if i == "USER"]
     assert user and user[-1] == f"{UID}:{UID}", f"{image}: must run as {UID}:{UID} (the chart's runAsUser)"
-    entrypoint = [a for i, a in runtime if i == "ENTRYPOINT"]
-    assert [json.loads(e) for e in entrypoint] == [["mlops-operator"]]
+    entrypoint = [json.loads(a) for i, a in runtime if i == "ENTRYPOINT"]
+    assert entrypoint and entrypoint[-1] == ["mlops-operator"]
     cmd = [json.loads(a) for i, a in runtime if i == "CMD"]
-    assert cmd == [command]
+    assert cmd == [command], f"{image}: CMD"
     assert command[0] in SUBCOMMANDS
     env = " ".join(a for i, a in runtime if i == "ENV")
-    for variable in ("HOME=/tmp", "MPLCONFIGDIR=/tmp", "PYTHONDONTWRITEBYTECODE=1"):
+    for variable in ("HOME=/tmp", "MPLCONFIGDIR=/tmp", "PYTHONDONTWRITEBYTECODE=1", "PATH=/opt/venv/bin:"):
         assert variable in env, f"{image}: ENV {variable} (read-only root filesystem)"
     labels = " ".join(a for i, a in runtime if i == "LABEL")
     for label in ("title", "description", "version", "revision", "source", "licenses"):
-        assert f"org.opencontainers.image.{label}=" in labels
-    installs = " ".join(a for i, a in steps if i == "RUN" and "pip install" in a)
+        assert f"org.opencontainers.image.{label}=" in labels, f"{image}: no {label} label"
+    titles = re.findall(r'org\.opencontainers\.image\.title="([^"]+)"', labels)
+    assert titles == [f"mlops-operator-{image}"], f"{image}: title labels {titles}"
+    installs = " ".join(a for i, a in _chain(stages, venv_stage) if i == "RUN" and "pip install" in a)
     extras = re.findall(r"mlops_operator-\*\.whl\)\[([a-z0-9,]+)\]", installs)
-    assert extras, f"{image}: installs the package with no extra"
-    wanted = {e for group in extras for e in group.split(",")}
+    assert len(extras) == 1, f"{image}: {venv_stage} must install the package once, with its extras"
+    wanted = set(extras[0].split(","))
     assert image in wanted, f"{image}: must install the `{image}` extra"
     assert wanted <= _pyproject_extras(), (
         f"{image}: extras not in pyproject.toml: {wanted - _pyproject_extras()}"
     )
+
+
+def _started_as(image: str, settings: Settings) -> tuple[str, list[str]]:
+    """(image, command + args) of the container that runs `image`: the chart's Deployment
+    for the operator, the pods the operator builds for the trainer and the server."""
+    if image == "operator":
+        container = _container(_operator_deployment("defaults"))
+        assert "command" not in container, "the chart relies on the image's ENTRYPOINT"
+        return container["image"], ["mlops-operator", *container["args"]]
+    from mlops_operator.api.inferenceservice import InferenceServiceSpec
+    from mlops_operator.api.trainingjob import TrainingJobSpec
+    from mlops_operator.resources import inferenceservice_children, trainingjob_children
+
+    owner = {"metadata": {"name": "x", "namespace": "default", "uid": "u"}}
+    if image == "trainer":
+        spec = yaml.safe_load((ROOT / "examples" / "iris-trainingjob.yaml").read_text())["spec"]
+        pod = trainingjob_children.build_training_job(
+            {**owner, "apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob"},
+            TrainingJobSpec.model_validate(spec),
+            number=1,
+            trigger="Create",
+            image=settings.trainer_image,
+            mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        )["spec"]["template"]["spec"]
+    else:
+        spec = yaml.safe_load((ROOT / "examples" / "iris-inferenceservice.yaml").read_text())["spec"]
+        pod = inferenceservice_children.build_predictor_deployment(
+            {**owner, "apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService"},
+            InferenceServiceSpec.model_validate(spec),
+            version="1",
+            model_uri="models:/x/1",
+            sha256=None,
+            image=settings.server_image,
+            mlflow_tracking_uri=settings.mlflow_tracking_uri,
+            replicas=1,
+            runtime="uvicorn",
+        )["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    return container["image"], [*container["command"], *container.get("args", [])]
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_chart_images_are_the_dockerfile_targets(image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each image is named after its target (<registry>/<target>:<tag>) and started the way
+    # that target's ENTRYPOINT and CMD expect.
+    repository = _values()["image"][image]["repository"]
+    assert repository.rsplit("/", 1)[-1] == image, f"image.{image}.repository {repository!r}"
+    settings = _settings_from(_env(_operator_deployment("defaults")), monkeypatch)
+    reference, argv = _started_as(image, settings)
+    assert reference == f"{repository}:{__version__}"
+    runtime = _chain(_stages(DOCKERFILE), image)
+    entrypoint = [json.loads(a) for i, a in runtime if i == "ENTRYPOINT"][-1]
+    assert argv[: len(entrypoint)] == entrypoint, f"{image}: runs {argv}, not the ENTRYPOINT {entrypoint}"
+    assert argv[len(entrypoint)] == IMAGES[image][0], f"{image}: runs {argv}, not `{IMAGES[image][0]}`"
 
 
 def test_dockerignore_keeps_what_the_images_copy() -> None:
@@ -775,11 +879,11 @@ def test_dockerignore_keeps_what_the_images_copy() -> None:
     ]
     assert patterns[0] == "*", "start from nothing: secrets, .venv and mlruns stay out of the context"
     kept = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    for image in IMAGES:
-        for instruction, arguments in _instructions(ROOT / "images" / image / "Dockerfile"):
-            if instruction == "COPY" and "--from" not in arguments:
-                sources = shlex.split(arguments)[:-1]
-                assert {s.rstrip("/") for s in sources} <= kept, f"{image}: COPY {sources} is ignored"
+    copies = [a for i, a in _instructions(DOCKERFILE) if i == "COPY" and "--from" not in a]
+    assert copies, "the Dockerfile copies nothing from the context"
+    for arguments in copies:
+        sources = shlex.split(arguments)[:-1]
+        assert {s.rstrip("/") for s in sources} <= kept, f"COPY {sources} is ignored by .dockerignore"
 
 
 def test_kind_config() -> None:

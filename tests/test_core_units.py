@@ -11,10 +11,10 @@ from kubernetes.client.exceptions import ApiException
 
 from mlops_operator.api.common import parse_duration
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
-from mlops_operator.controllers.base import _condition_events, parse_spec
+from mlops_operator.controllers.base import _condition_events
 from mlops_operator.controllers.conditions import get_condition, set_condition
-from mlops_operator.controllers.metrics import InvalidSpecError
-from mlops_operator.kube import NotFound, _api_error, desired_patch
+from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
+from mlops_operator.kube_client import NotFound, _api_error, desired_patch
 from mlops_operator.resources.meta import child_name, label_value, labels, owner_reference
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -167,3 +167,16 @@ def test_namespaces_from_the_environment(
 
     monkeypatch.setenv("MLOPS_NAMESPACES", value)
     assert Settings().namespaces == expected
+
+
+def test_desired_patch_removes_a_service_selector_key_the_operator_no_longer_sets() -> None:
+    live = {
+        "kind": "Service",
+        "metadata": {"name": "iris"},
+        "spec": {"selector": {"app": "iris", "mlops.dev/model-version": "1"}, "clusterIP": "10.0.0.1"},
+    }
+    desired = {"kind": "Service", "metadata": {"name": "iris"}, "spec": {"selector": {"app": "iris"}}}
+    assert desired_patch(live, desired) == {
+        "spec": {"selector": {"app": "iris", "mlops.dev/model-version": None}}
+    }
+    assert desired["spec"] == {"selector": {"app": "iris"}}  # the desired object is left alone

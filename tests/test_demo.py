@@ -30,8 +30,12 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         manager.down(directory)  # whatever happened, leave no process behind
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     out = result.stdout
-    assert out.count("✓") >= 10 and "✗" not in out
-    assert "retrain requested: " in out and "serving version 2" in out
+    assert out.count("✓") >= 12 and "✗" not in out
+    assert "retrain requested: " in out
+    assert "version 2 went 10% -> 25% -> 50% -> promoted" in out
+    assert (
+        "version 3 rolled back at " in out and "accuracy" in out.split("version 3 rolled back at ")[1][:400]
+    )
     assert "DriftDetected=True" in out and "Degraded=True(AccuracyBelowThreshold)" in out
     assert "Done: every stage happened." in out
     assert "every process the sandbox started is stopped" in out

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 class Cluster:
     def __init__(self, directory: Path, state: dict[str, Any]) -> None:
         self.directory = directory
-        self.api = Api(state["server"])
         self.kubeconfig = directory / "kubeconfig"
+        self.api = Api.from_kubeconfig(self.kubeconfig)
         self.mlflow = state["mlflow_uri"]
 
     def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:

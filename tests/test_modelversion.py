@@ -10,8 +10,10 @@ import pytest
 
 from mlops_operator.api.common import ValidationGate
 from mlops_operator.api.modelversion import ModelVersionSpec
-from mlops_operator.controllers import base, modelversion
+from mlops_operator.config import Settings
+from mlops_operator.controllers import modelversion_reconciler
 from mlops_operator.controllers.base import Context
+from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.conditions import get_condition
 from mlops_operator.registry.client import Registry
 from mlops_operator.resources.modelcard import evaluate_gates, render_model_card
@@ -88,10 +90,7 @@ def test_model_card_lists_metrics_gates_and_lineage() -> None:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     tmp = tmp_path_factory.mktemp("mlflow")
-    reg = Registry(f"sqlite:///{tmp}/mlflow.db")
-    base.set_registry(reg)
-    yield reg
-    base.set_registry(None)
+    yield Registry(f"sqlite:///{tmp}/mlflow.db")
 
 
 @pytest.fixture
@@ -115,7 +114,7 @@ def model(registry: Registry, request: pytest.FixtureRequest) -> str:
 
 
 def _reconcile(
-    spec: dict[str, Any], status: dict[str, Any] | None = None
+    spec: dict[str, Any], status: dict[str, Any] | None = None, *, registry: Registry
 ) -> tuple[dict[str, Any], list[Any]]:
     ctx: Context[ModelVersionSpec] = Context(
         body={
@@ -125,10 +124,11 @@ def _reconcile(
         },
         spec=ModelVersionSpec.model_validate(spec),
         status=status or {},
-        kube=None,  # type: ignore[arg-type]  # the ModelVersion controller does not touch the cluster
+        # The ModelVersion controller talks to MLflow only, never to the cluster.
+        collaborators=Collaborators(Settings(), kube=None, registry=registry),  # type: ignore[arg-type]
         logger=logging.getLogger("test"),
     )
-    return modelversion.reconcile(ctx), ctx.events
+    return modelversion_reconciler.reconcile(ctx), ctx.events
 
 
 def test_validated_version_is_tagged_described_and_aliased(registry: Registry, model: str) -> None:
@@ -138,7 +138,8 @@ def test_validated_version_is_tagged_described_and_aliased(registry: Registry, m
             "gates": [{"metric": "accuracy", "min": "0.9"}],
             "modelCard": {"description": "The first one."},
             "aliases": ["champion"],
-        }
+        },
+        registry=registry,
     )
     assert (
         status["phase"] == "Validated"
@@ -166,6 +167,7 @@ def test_validated_version_is_tagged_described_and_aliased(registry: Registry, m
             "aliases": ["champion"],
         },
         status,
+        registry=registry,
     )
     assert again == status and events == []
 
@@ -177,7 +179,8 @@ def test_worse_than_production_is_rejected_and_not_aliased(registry: Registry, m
             "model": {"name": model, "version": "2"},
             "gates": [{"metric": "accuracy", "minDeltaVsProduction": "0"}],
             "aliases": ["champion"],
-        }
+        },
+        registry=registry,
     )
     assert status["phase"] == "Rejected"
     validated = get_condition(status["conditions"], "Validated")
@@ -192,10 +195,10 @@ def test_worse_than_production_is_rejected_and_not_aliased(registry: Registry, m
 
 def test_alias_resolves_once_and_stays(registry: Registry, model: str) -> None:
     registry.set_alias(model, "champion", "2")
-    status, _ = _reconcile({"model": {"name": model, "alias": "champion"}})
+    status, _ = _reconcile({"model": {"name": model, "alias": "champion"}}, registry=registry)
     assert status["resolvedVersion"] == "2"
     registry.set_alias(model, "champion", "1")
-    status, _ = _reconcile({"model": {"name": model, "alias": "champion"}}, status)
+    status, _ = _reconcile({"model": {"name": model, "alias": "champion"}}, status, registry=registry)
     assert status["resolvedVersion"] == "2"
 
 
@@ -204,8 +207,10 @@ def test_alias_resolves_once_and_stays(registry: Registry, model: str) -> None:
     [({"version": "99"}, "99"), ({"name": "nope", "version": "1"}, "nope")],
     ids=["version", "model"],
 )
-def test_missing_version_is_a_clear_condition(model: str, ref: dict[str, str], needle: str) -> None:
-    status, _ = _reconcile({"model": {"name": model, **ref}})
+def test_missing_version_is_a_clear_condition(
+    registry: Registry, model: str, ref: dict[str, str], needle: str
+) -> None:
+    status, _ = _reconcile({"model": {"name": model, **ref}}, registry=registry)
     ready = get_condition(status["conditions"], "Ready")
     assert ready is not None and (ready["status"], ready["reason"]) == ("False", "ModelVersionNotFound")
     assert needle in ready["message"]
@@ -213,12 +218,9 @@ def test_missing_version_is_a_clear_condition(model: str, ref: dict[str, str], n
 
 
 def test_registry_down_is_transient_and_keeps_status(unused_tcp_port: int) -> None:
-    base.set_registry(Registry(f"http://127.0.0.1:{unused_tcp_port}"))
-    try:
-        previous = {"phase": "Validated", "resolvedVersion": "1"}
-        status, _ = _reconcile({"model": {"name": "iris", "version": "1"}}, previous)
-    finally:
-        base.set_registry(None)
+    registry = Registry(f"http://127.0.0.1:{unused_tcp_port}")
+    previous = {"phase": "Validated", "resolvedVersion": "1"}
+    status, _ = _reconcile({"model": {"name": "iris", "version": "1"}}, previous, registry=registry)
     ready = get_condition(status["conditions"], "Ready")
     assert ready is not None and (ready["status"], ready["reason"]) == ("Unknown", "RegistryUnavailable")
     assert status["phase"] == "Validated" and status["resolvedVersion"] == "1"

@@ -27,7 +27,7 @@ from mlops_operator.monitoring.drift import (
     ks_critical_value,
     psi,
 )
-from mlops_operator.monitoring.profile import FeatureProfile, ReferenceProfile
+from mlops_operator.monitoring.reference_profile import FeatureProfile, ReferenceProfile
 
 
 def build_profile(

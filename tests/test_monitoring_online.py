@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from mlops_operator.monitoring import metrics
+from mlops_operator.monitoring import server_metrics
 from mlops_operator.monitoring.online import MonitorConfig, OnlineMonitor
-from mlops_operator.monitoring.profile import ReferenceProfile
+from mlops_operator.monitoring.reference_profile import ReferenceProfile
 from tests.test_monitoring_drift import build_profile
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -371,26 +371,26 @@ def test_two_models_share_one_registry_and_close_removes_series(
 def test_endpoint_label_is_bounded(profile: ReferenceProfile) -> None:
     registry = CollectorRegistry()
     m = monitor(profile, registry)
-    for i in range(metrics.MAX_ENDPOINTS + 20):
+    for i in range(server_metrics.MAX_ENDPOINTS + 20):
         m.record_request(f"/random/{i}", 404, 0.001)
     endpoints = {
         dict(labels)["endpoint"] for name, labels in scrape(registry) if name == "mlops_model_requests_total"
     }
-    assert len(endpoints) == metrics.MAX_ENDPOINTS + 1
+    assert len(endpoints) == server_metrics.MAX_ENDPOINTS + 1
     assert "other" in endpoints
 
 
 def test_metric_names_follow_conventions() -> None:
-    """Every name is defined once in metrics.py, documented in its table, and well formed."""
+    """Every name is defined once in server_metrics.py, documented in its table, and well formed."""
     defined = {
-        getattr(metrics, attr)
-        for attr in dir(metrics)
+        getattr(server_metrics, attr)
+        for attr in dir(server_metrics)
         if attr.isupper()
-        and isinstance(getattr(metrics, attr), str)
-        and getattr(metrics, attr).startswith("mlops_")
+        and isinstance(getattr(server_metrics, attr), str)
+        and getattr(server_metrics, attr).startswith("mlops_")
     }
     table = set(
-        re.findall(r"^(mlops_\w+)\s+(?:counter|gauge|histogram)", metrics.__doc__ or "", re.MULTILINE)
+        re.findall(r"^(mlops_\w+)\s+(?:counter|gauge|histogram)", server_metrics.__doc__ or "", re.MULTILINE)
     )
     assert defined == table
     registry = CollectorRegistry()
@@ -403,3 +403,52 @@ def test_metric_names_follow_conventions() -> None:
         assert full in defined, full
         assert full.startswith("mlops_model_")
         assert full.endswith("_total") == (family.type == "counter"), full
+
+
+# --------------------------------------------------------------------------- counters (canary analysis)
+
+
+def test_snapshot_counters_are_cumulative_and_read_by_canary_analysis(
+    profile: ReferenceProfile, rng: np.random.Generator
+) -> None:
+    from mlops_operator.rollout.canary_analysis import VersionCounters
+
+    m = monitor(profile, accuracy_window=2)  # a window smaller than the totals: counters are not windows
+    m.observe(live_rows(rng, 4), np.array([1, 0, 1, 1]), ["a", "b", "c", "d"])
+    assert m.feedback("a", "1") and m.feedback("b", "1") and m.feedback("c", "1")
+    m.record_request("/predict", 200, 0.002)
+    m.record_request("/predict", 500, 0.3)
+    m.record_request("/v2/models/{name}/infer", 200, 0.004)
+    m.record_request("/v2/models/{name}/versions/{version}/infer", 503, 0.0001)
+    m.record_request("/health", 500, 0.001)  # not a prediction request
+    m.record_request("/feedback", 200, 0.001)
+    block = m.snapshot()["counters"]
+    assert block["instance"] == m.instance and len(block["instance"]) == 16
+    assert (block["requests"], block["errors"]) == (4, 2)
+    assert (block["labelled"], block["correct"]) == (3, 2)
+    assert block["predictions"] == {"0": 1, "1": 3}
+    assert block["latency"][-1] == ["+Inf", 4]
+    assert [le for le, _ in block["latency"][:-1]] == list(server_metrics.LATENCY_BUCKETS)
+    json.dumps(block)  # plain JSON
+    counters = VersionCounters.from_snapshot(m.snapshot())
+    assert counters.error_rate == 0.5 and counters.accuracy == pytest.approx(2 / 3)
+    assert counters.latency_quantile(0.5) is not None and counters.latency_quantile(0.5) <= 0.005
+
+
+def test_counters_belong_to_one_model_version_and_instance(profile: ReferenceProfile) -> None:
+    registry = CollectorRegistry()
+    a, b = monitor(profile, registry), OnlineMonitor(profile, MonitorConfig(), "iris", "8", registry)
+    a.record_request("/predict", 200, 0.001)
+    b.record_request("/predict", 500, 0.001)
+    b.record_request("/predict", 200, 0.001)
+    assert (a.snapshot()["counters"]["requests"], b.snapshot()["counters"]["requests"]) == (1, 2)
+    assert b.snapshot()["counters"]["errors"] == 1
+    assert a.instance != b.instance
+
+
+def test_regression_counters_have_no_correct(rng: np.random.Generator) -> None:
+    m = monitor(build_profile(rng.normal(size=(1000, 2)), task="regression"))
+    m.observe(rng.normal(size=(2, 2)), np.array([1.0, 3.0]), ["a", "b"])
+    assert m.feedback("a", 1.0)
+    block = m.snapshot()["counters"]
+    assert (block["labelled"], block["correct"], block["predictions"]) == (1, 0, {"": 2})

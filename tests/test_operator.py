@@ -1,137 +1,28 @@
 """The whole operator (kopf, in-process) against the emulated API server.
 
 No runtime runs here: Jobs and pods are given their states by the test, as kubelet and the
-Job controller would, so each controller decision is observed in isolation.
+Job controller would, so each controller decision is observed in isolation (the ``cluster``
+fixture and the helpers that play the cluster are in tests/fixtures_operator.py).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import pathlib
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-import yaml
-from kopf.testing import KopfRunner
+import httpx
 
-from mlops_operator.controllers.metrics import RECONCILE_TOTAL
-from mlops_operator.sandbox.apiserver import ApiServerThread, write_kubeconfig
+from mlops_operator.controllers.operator_metrics import RECONCILE_TOTAL
+from mlops_operator.sandbox.apiserver import SANDBOX_IDENTITIES
+from tests.fixtures_operator import (
+    Cluster,
+    events_for,
+    example,
+    finish_job,
+    make_ready,
+    patch_status,
+    validated_model_version,
+)
 from tests.fixtures_sandbox import Api, wait_for, wait_for_condition
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _without_cel(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
-    if isinstance(node, list):
-        return [_without_cel(item) for item in node]
-    return node
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """An API server with our CRDs minus their CEL rules (a cluster that does not run CEL),
-    and the operator running against it."""
-    tmp = tmp_path_factory.mktemp("operator")
-    crds = tmp / "crds"
-    crds.mkdir()
-    for path in (ROOT / "crds").glob("*.yaml"):
-        (crds / path.name).write_text(yaml.safe_dump(_without_cel(yaml.safe_load(path.read_text()))))
-    server = ApiServerThread(crds_dir=crds).start()
-    kubeconfig = write_kubeconfig(tmp / "kubeconfig", server.url)
-    env = {
-        "KUBECONFIG": str(kubeconfig),
-        "MLOPS_METRICS_PORT": "0",
-        "MLOPS_LIVENESS_PORT": "0",
-        "MLOPS_RECONCILE_INTERVAL": "1",
-        "MLOPS_MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens: MLflow is down
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    from mlops_operator.config import get_settings
-    from mlops_operator.controllers import base
-
-    get_settings.cache_clear()
-    base.set_kube(None)
-    base.set_registry(None)
-    try:
-        args = ["run", "--standalone", "--all-namespaces", "-m", "mlops_operator.controllers.handlers"]
-        with KopfRunner(args, timeout=60) as runner:
-            yield Api(server.url)
-        assert runner.exception is None, runner.output
-    finally:
-        server.stop()
-        base.set_kube(None)
-        base.set_registry(None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
-
-
-def example(name: str, **spec_changes: Any) -> dict[str, Any]:
-    manifest: dict[str, Any] = yaml.safe_load((ROOT / "examples" / name).read_text())
-    manifest["spec"].update(copy.deepcopy(spec_changes))
-    manifest["spec"] = {k: v for k, v in manifest["spec"].items() if v is not None}
-    return manifest
-
-
-def events_for(api: Api, name: str, reason: str) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in api.list("Event")
-        if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason
-    ]
-
-
-def finish_job(
-    api: Api, job: dict[str, Any], condition: str, reason: str, message: str, exit_code: int
-) -> None:
-    """Play kubelet and the Job controller: a terminated trainer pod, then the Job's condition."""
-    name = job["metadata"]["name"]
-    api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"{name}-abcde", "namespace": "default", "labels": {"job-name": name}},
-            "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
-        }
-    )
-    terminated = {
-        "exitCode": exit_code,
-        "reason": "Completed" if exit_code == 0 else "Error",
-        "message": message,
-    }
-    api.http.patch(
-        api.path("Pod", "default", f"{name}-abcde") + "/status",
-        content=json.dumps(
-            {"status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
-        ),
-        headers={"Content-Type": "application/merge-patch+json"},
-    ).raise_for_status()
-    status = {
-        "startTime": "2026-01-01T00:00:00Z",
-        "conditions": [
-            {
-                "type": condition,
-                "status": "True",
-                "reason": reason,
-                "lastTransitionTime": "2026-01-01T00:01:00Z",
-            }
-        ],
-        ("succeeded" if condition == "Complete" else "failed"): 1,
-    }
-    api.http.patch(
-        api.path("Job", "default", name) + "/status",
-        content=json.dumps({"status": status}),
-        headers={"Content-Type": "application/merge-patch+json"},
-    ).raise_for_status()
 
 
 def test_trainingjob_run_succeeds_and_creates_a_model_version(cluster: Api) -> None:
@@ -206,66 +97,11 @@ def test_invalid_spec_past_the_schema_is_reported_once_and_creates_nothing(clust
     assert cluster.list("Deployment") == [] and cluster.list("Service") == []
 
 
-def _patch_status(api: Api, kind: str, name: str, status: dict[str, Any]) -> None:
-    api.http.patch(
-        api.path(kind, "default", name) + "/status",
-        content=json.dumps({"status": status}),
-        headers={"Content-Type": "application/merge-patch+json"},
-    ).raise_for_status()
-
-
-def validated_model_version(api: Api, version: str) -> None:
-    """A ModelVersion as the ModelVersion controller leaves it once its gates pass."""
-    name = f"demo-model-v{version}"
-    api.create(
-        {
-            "apiVersion": "mlops.dev/v1alpha1",
-            "kind": "ModelVersion",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"model": {"name": "demo-model", "version": version}, "source": {"sha256": version * 64}},
-        }
-    )
-    condition = {
-        "type": "Validated",
-        "status": "True",
-        "reason": "GatesPassed",
-        "message": "",
-        "lastTransitionTime": "2026-01-01T00:00:00Z",
-    }
-    # The ModelVersion controller also reconciles these (MLflow is down here, so it leaves
-    # Ready=Unknown); only Validated and resolvedVersion matter to the InferenceService.
-    wait_for(
-        lambda: api.get("ModelVersion", name) and api.get("ModelVersion", name).get("status"),
-        message="the MV controller's first pass",
-    )  # type: ignore[union-attr]
-    obj = api.get("ModelVersion", name) or {}
-    conditions = [c for c in obj.get("status", {}).get("conditions", []) if c["type"] != "Validated"] + [
-        condition
-    ]
-    _patch_status(api, "ModelVersion", name, {"conditions": conditions, "resolvedVersion": version})
-
-
-def make_ready(api: Api, deployment: str, replicas: int) -> None:
-    """Play the Deployment controller: every replica of the current generation is ready."""
-    obj = api.get("Deployment", deployment) or {}
-    _patch_status(
-        api,
-        "Deployment",
-        deployment,
-        {
-            "observedGeneration": obj["metadata"]["generation"],
-            "replicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-            "updatedReplicas": replicas,
-        },
-    )
-
-
 def test_inferenceservice_serves_the_latest_validated_version_and_replaces_it_safely(cluster: Api) -> None:
     manifest = example("iris-inferenceservice.yaml")
     manifest["metadata"]["name"] = "demo"
     manifest["spec"]["model"] = {"name": "demo-model", "track": "LatestValidated"}
+    manifest["spec"]["rollout"] = {"strategy": "Replace"}
     manifest["spec"].pop("retraining")
     cluster.create(manifest)
     waiting = wait_for_condition(cluster, "InferenceService", "demo", "Ready", "False")
@@ -279,9 +115,11 @@ def test_inferenceservice_serves_the_latest_validated_version_and_replaces_it_sa
     assert v1["spec"]["replicas"] == 2
     assert "--expected-sha256=" + "1" * 64 in v1["spec"]["template"]["spec"]["containers"][0]["args"]
     stable = wait_for(lambda: cluster.get("Service", "demo"), message="the stable Service")
+    # Only the stable version's pods take traffic (a starting version's do not).
     assert stable["spec"]["selector"] == {
         "mlops.dev/inferenceservice": "demo",
         "app.kubernetes.io/component": "predictor",
+        "mlops.dev/model-version": "1",
     }
     pdb = cluster.http.get("/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo")
     assert pdb.status_code == 200 and pdb.json()["spec"]["maxUnavailable"] == 1
@@ -298,20 +136,19 @@ def test_inferenceservice_serves_the_latest_validated_version_and_replaces_it_sa
     validated_model_version(cluster, "2")
     wait_for(lambda: cluster.get("Deployment", "demo-v2"), message="version 2's Deployment")
     rolling = wait_for_condition(cluster, "InferenceService", "demo", "Progressing", "True")
-    assert (
-        "canary analysis is not available"
-        in next(c for c in rolling["status"]["conditions"] if c["type"] == "Progressing")["message"]
-    )
-    wait_for(
-        lambda: events_for(cluster, "demo", "CanaryNotAvailable"), message="the CanaryNotAvailable Event"
-    )
+    progressing = next(c for c in rolling["status"]["conditions"] if c["type"] == "Progressing")
+    assert "promoting version 2: 0/2 ready" in progressing["message"]
     assert rolling["status"]["stable"]["modelVersion"] == "1"
     assert cluster.get("Deployment", "demo-v1") is not None
+    assert (cluster.get("Service", "demo") or {})["spec"]["selector"]["mlops.dev/model-version"] == "1"
     make_ready(cluster, "demo-v2", 2)
     wait_for(lambda: cluster.get("Deployment", "demo-v1") is None, message="version 1 retired")
     done = wait_for_condition(cluster, "InferenceService", "demo", "Progressing", "False")
     assert done["status"]["stable"]["modelVersion"] == "2"
     assert done["status"]["history"][-1]["modelVersion"] == "2"
+    assert done["status"]["rollout"]["phase"] == "Succeeded"
+    assert (cluster.get("Service", "demo") or {})["spec"]["selector"]["mlops.dev/model-version"] == "2"
+    wait_for(lambda: events_for(cluster, "demo", "Promoted"), message="the Promoted Event")
 
 
 def test_crash_looping_server_is_not_ready_and_says_why(cluster: Api) -> None:
@@ -331,7 +168,7 @@ def test_crash_looping_server_is_not_ready_and_says_why(cluster: Api) -> None:
                     "spec": {"containers": [{"name": "server", "image": "server"}]}})  # fmt: skip
     waiting = {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}
     last = {"exitCode": 1, "message": "mlops-operator serve: sha256 mismatch for models:/crashy-model/5"}
-    _patch_status(
+    patch_status(
         cluster,
         "Pod",
         "crashy-v5-x",
@@ -379,3 +216,44 @@ def test_scale_subresource_scales_the_predictor(cluster: Api) -> None:
         scale["status"]["selector"]
         == "app.kubernetes.io/component=predictor,mlops.dev/inferenceservice=scaled"
     )
+
+
+def test_every_call_of_the_operator_carries_its_service_account_identity(cluster: Cluster) -> None:
+    """The bug this guards against: the operator's own client sent no credentials at all."""
+    operator = SANDBOX_IDENTITIES["operator"].username
+    requests = cluster.server.emulator.audit.attributes()
+    mine = {attrs for attrs in requests if attrs.user == operator}
+    # kopf's watches and the operator's own reads and writes (through mlops_operator.kube_client) alike.
+    assert ("watch", "mlops.dev", "trainingjobs") in {(a.verb, a.api_group, a.resource) for a in mine}
+    assert ("get", "mlops.dev", "trainingjobs", "") in {
+        (a.verb, a.api_group, a.resource, a.subresource) for a in mine
+    }
+    assert ("create", "batch", "jobs") in {(a.verb, a.api_group, a.resource) for a in mine}
+    assert ("patch", "status") in {(a.verb, a.subresource) for a in mine if a.resource == "trainingjobs"}
+    assert not [a for a in requests if a.user == "system:anonymous"]
+
+
+def test_a_rotated_token_keeps_the_operator_converging(cluster: Cluster) -> None:
+    """The kubelet rotates a pod's ServiceAccount token: the old one stops working mid-run."""
+    authenticator = cluster.server.authenticator
+    old = cluster.operator_token_file.read_text()
+    new = "rotated-" + old[::-1]
+    authenticator.add_token(new, SANDBOX_IDENTITIES["operator"])
+    cluster.operator_token_file.write_text(new)
+    authenticator.revoke(old)
+    unauthorized = httpx.get(
+        cluster.url + cluster.path("TrainingJob"),
+        headers={"Authorization": f"Bearer {old}"},
+        verify=cluster.tls,
+        timeout=5,
+    )
+    assert unauthorized.status_code == 401
+
+    manifest = example("iris-trainingjob.yaml", schedule=None)
+    manifest["metadata"]["name"] = "after-rotation"
+    tj = cluster.create(manifest)
+    job = wait_for(lambda: cluster.get("Job", "after-rotation-1"), message="a Job made with the new token")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == tj["metadata"]["uid"]
+    wait_for_condition(cluster, "TrainingJob", "after-rotation", "Running", "True")
+    # The operator's own client got its 401, read the file again, and retried.
+    assert cluster.collaborators.kube.credentials.authorization() == f"Bearer {new}"

@@ -22,7 +22,7 @@ from mlops_operator.registry.artifacts import (
 )
 from mlops_operator.serving.app import ServerConfig, ServingApp
 from mlops_operator.serving.loader import create_app, load_served_model
-from mlops_operator.serving.model import Prediction
+from mlops_operator.serving.model import Calibration, Prediction
 from mlops_operator.serving.settings import ServeSettings
 from tests.test_serving_models import (  # noqa: F401  (fixtures)
     LoggedModel,
@@ -492,11 +492,24 @@ async def test_forest_batches_concurrent_requests(forest_model: LoggedModel) -> 
     assert [a.json()["prediction"] for a in answers] == expected
 
 
-def test_batching_decision_by_measurement(iris_model: LoggedModel, forest_model: LoggedModel) -> None:
-    linear = load_served_model(resolve_model(iris_model.uri), "iris", "1").calibrate()
-    forest = load_served_model(resolve_model(forest_model.uri), "forest", "1").calibrate()
-    assert not linear.should_batch()
-    assert forest.should_batch(), forest
+@pytest.mark.parametrize(
+    ("one_row_s", "batch_s", "batch"),
+    [
+        pytest.param(60e-6, 90e-6, False, id="linear-cheap-call-inline"),
+        pytest.param(5.8e-3, 11e-3, True, id="forest-fixed-cost-batched"),
+        pytest.param(5.8e-3, 64 * 5.8e-3, False, id="cost-per-row-no-gain"),
+        pytest.param(150e-6, 160e-6, False, id="below-the-inline-limit"),
+    ],
+)
+def test_batching_decision_rule(one_row_s: float, batch_s: float, batch: bool) -> None:
+    """The rule over measured costs (the measurement itself varies with the machine's load)."""
+    assert Calibration(one_row_s=one_row_s, batch_rows=64, batch_s=batch_s).should_batch() is batch
+
+
+def test_calibration_measures_one_row_and_a_batch(iris_model: LoggedModel) -> None:
+    calibration = load_served_model(resolve_model(iris_model.uri), "iris", "1").calibrate(batch_rows=32)
+    assert calibration.batch_rows == 32
+    assert 0 < calibration.one_row_s < 1 and 0 < calibration.batch_s < 1
 
 
 def test_resolve_by_alias_run_and_path(iris_model: LoggedModel, tmp_path: Any) -> None:
@@ -560,3 +573,29 @@ async def test_monitoring_endpoint_says_when_monitoring_is_off(iris_model: Logge
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
         response = await c.get("/monitoring")
     assert response.status_code == 404 and "disabled" in response.json()["error"]
+
+
+async def test_monitoring_counters_count_prediction_requests(iris_model: LoggedModel) -> None:
+    from mlops_operator.rollout.canary_analysis import VersionCounters
+
+    app = ready_app(iris_model)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
+        start = (await c.get("/monitoring")).json()["counters"]
+        ids = (await c.post("/predict", json={"instances": [ROW, ROW, ROW]})).json()["request_id"]
+        assert (await c.post("/predict", json={"instances": [[1.0]]})).status_code == 400
+        request = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
+        assert (await c.post(f"/v2/models/{iris_model.name}/infer", json=request)).status_code == 200
+        await c.post(
+            "/feedback",
+            json=[{"request_id": ids[0], "label": "setosa"}, {"request_id": ids[1], "label": "virginica"}],
+        )
+        await c.get("/health")
+        snapshot = (await c.get("/monitoring")).json()
+    block = snapshot["counters"]
+    assert start["requests"] == 0 and block["instance"] == start["instance"]
+    assert (block["requests"], block["errors"]) == (3, 0)  # two predicts (one refused 400) and one infer
+    assert block["predictions"] == {"setosa": 4, "versicolor": 0, "virginica": 0}
+    assert (block["labelled"], block["correct"]) == (2, 1)
+    assert block["latency"][-1] == ["+Inf", 3]
+    counters = VersionCounters.from_snapshot(snapshot)
+    assert counters.requests == 3 and counters.accuracy == 0.5

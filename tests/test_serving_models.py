@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_operator.monitoring.profile import PROFILE_ARTIFACT, FeatureProfile, Quantile, ReferenceProfile
+from mlops_operator.monitoring.reference_profile import (
+    PROFILE_ARTIFACT,
+    FeatureProfile,
+    Quantile,
+    ReferenceProfile,
+)
 from mlops_operator.registry.digest import directory_sha256
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
-from mlops_operator.resources import serving as S
+from mlops_operator.resources import inferenceservice_children as children
 from tests.golden import assert_golden
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ SPEC = InferenceServiceSpec.model_validate(EXAMPLE["spec"])
 
 
 def deployment(version: str = "3", spec: InferenceServiceSpec = SPEC) -> dict:  # type: ignore[type-arg]
-    return S.build_predictor_deployment(
+    return children.build_predictor_deployment(
         OWNER,
         spec,
         version=version,
@@ -30,17 +30,17 @@ def deployment(version: str = "3", spec: InferenceServiceSpec = SPEC) -> dict:  
         image="ghcr.io/mlops-operator/server:0.1.0",
         mlflow_tracking_uri="http://mlflow:5000",
         replicas=spec.desired_replicas,
-        runtime=S.choose_runtime(spec.runtime),
+        runtime=children.choose_runtime(spec.runtime),
     )
 
 
 def test_children_golden() -> None:
-    children = [
+    objects = [
         deployment(),
-        S.build_version_service(OWNER, "3"),
-        S.build_stable_service(OWNER),
-        S.build_pdb(OWNER, 2),
-        S.build_hpa(
+        children.build_version_service(OWNER, "3"),
+        children.build_stable_service(OWNER),
+        children.build_pdb(OWNER, 2),
+        children.build_hpa(
             OWNER,
             InferenceServiceSpec.model_validate(
                 {**EXAMPLE["spec"], "replicas": None, "autoscaling": {"maxReplicas": 5}}
@@ -48,7 +48,7 @@ def test_children_golden() -> None:
             "3",
         ),
     ]
-    assert_golden("inferenceservice-children.yaml", children)
+    assert_golden("inferenceservice-children.yaml", objects)
 
 
 def test_pod_meets_the_restricted_profile_and_loads_verified() -> None:
@@ -67,14 +67,14 @@ def test_pod_meets_the_restricted_profile_and_loads_verified() -> None:
 
 
 def test_two_versions_side_by_side_share_the_stable_selector() -> None:
-    stable = S.build_stable_service(OWNER)["spec"]["selector"]
+    stable = children.build_stable_service(OWNER)["spec"]["selector"]
     for version in ("3", "4"):
         labels = deployment(version)["spec"]["template"]["metadata"]["labels"]
         assert stable.items() <= labels.items()
-        assert S.build_version_service(OWNER, version)["spec"]["selector"].items() <= labels.items()
+        assert children.build_version_service(OWNER, version)["spec"]["selector"].items() <= labels.items()
     assert deployment("3")["metadata"]["name"] != deployment("4")["metadata"]["name"]
     assert (
-        not S.build_version_service(OWNER, "3")["spec"]["selector"].items()
+        not children.build_version_service(OWNER, "3")["spec"]["selector"].items()
         <= deployment("4")["spec"]["template"]["metadata"]["labels"].items()
     )
 
@@ -102,7 +102,7 @@ def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
     spec = InferenceServiceSpec.model_validate(
         {**EXAMPLE["spec"], "replicas": None, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
     )
-    built = S.build_predictor_deployment(
+    built = children.build_predictor_deployment(
         OWNER,
         spec,
         version="3",
@@ -114,4 +114,4 @@ def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
         runtime="uvicorn",
     )
     assert "replicas" not in built["spec"]
-    assert S.build_pdb(OWNER, 1) is None
+    assert children.build_pdb(OWNER, 1) is None

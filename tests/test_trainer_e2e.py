@@ -107,8 +107,8 @@ def recompute_split(frame: pd.DataFrame, target: str, classification: bool) -> t
     from sklearn.model_selection import train_test_split
 
     from mlops_operator.api.trainingjob import Dataset
+    from mlops_operator.trainer.data_validation import column_kinds
     from mlops_operator.trainer.fit import prepare_features
-    from mlops_operator.trainer.validation import column_kinds
 
     columns = column_kinds(frame, Dataset.model_validate({"uri": "sklearn://x", "target": target}))
     features = prepare_features(frame, columns)
@@ -131,7 +131,7 @@ def test_iris_end_to_end(mlflow_home: Path) -> None:
     import mlflow
     from sklearn.metrics import accuracy_score, f1_score
 
-    from mlops_operator.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+    from mlops_operator.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
     from mlops_operator.trainer.data import load_sklearn
 
     code, result, last, _ = run_trainer(mlflow_home, iris_spec("iris-e2e"))
@@ -510,7 +510,7 @@ def test_failed_registration_leaves_nothing_behind(
 ) -> None:
     """A failure after ``create_model_version`` deletes the version and marks the run FAILED."""
     from mlops_operator.trainer import tracking
-    from mlops_operator.trainer.errors import TrainerError
+    from mlops_operator.trainer.trainer_errors import TrainerError
 
     def broken_wait(client: Any, name: str, version: str) -> None:
         assert client.get_model_version(name, version).status == "READY"  # it was created ...

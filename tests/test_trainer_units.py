@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from mlops_operator.api.trainingjob import Dataset, Search
-from mlops_operator.monitoring.profile import ReferenceProfile
-from mlops_operator.trainer import cli, fit, tracking
+from mlops_operator.monitoring.reference_profile import ReferenceProfile
+from mlops_operator.trainer import fit, tracking, train_command
 from mlops_operator.trainer.data import detect_format, load_dataset, load_sklearn, read_bytes
-from mlops_operator.trainer.errors import TrainerError
-from mlops_operator.trainer.profile import build_profile, categorical_profile, numeric_profile
-from mlops_operator.trainer.validation import column_kinds, format_problems, validate
+from mlops_operator.trainer.data_validation import column_kinds, format_problems, validate
+from mlops_operator.trainer.profile_builder import build_profile, categorical_profile, numeric_profile
+from mlops_operator.trainer.trainer_errors import TrainerError
 
 DATA = Path(__file__).parent / "data" / "trainer"
 
@@ -403,16 +403,16 @@ def test_size_limit_is_refused() -> None:
 
 def test_result_stays_under_the_kubelet_limit() -> None:
     huge = {"status": "Failed", "reason": "DataValidationFailed", "message": "x" * 10_000}
-    assert len(cli.render(huge).encode()) < 4096
+    assert len(train_command.render(huge).encode()) < 4096
     success = {"status": "Succeeded", "modelName": "m", "params": {f"p{i}": "v" * 300 for i in range(40)}}
-    text = cli.render(success)
+    text = train_command.render(success)
     assert len(text.encode()) < 4096 and json.loads(text)["modelName"] == "m"
 
 
 def test_unwritable_termination_path_warns(
     caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.emit(
+    train_command.emit(
         {"status": "Failed", "reason": "InvalidSpec", "message": "m"}, "/nonexistent-dir/termination-log"
     )
     assert "cannot write the termination message" in caplog.text
@@ -597,9 +597,11 @@ def test_found_version_is_reused_only_when_complete(
     monkeypatch.setattr(tracking, "configure", lambda uri: None)
     monkeypatch.setattr(tracking, "find_registration", lambda name, identity: _registration(tags, run_tags))
     monkeypatch.setattr(tracking, "finish_interrupted_run", lambda found: None)
-    context = cli.RunContext("iris", "team-a", "iris-x7k2p", "Create", None, "abc1234", "img:1")
+    context = train_command.RunContext("iris", "team-a", "iris-x7k2p", "Create", None, "abc1234", "img:1")
     fixed = {"max_iter": 300, "random_state": 42}
-    result = cli.reuse_registration(spec, context, task="classification", fixed=fixed, plan=plan, metric="f1")
+    result = train_command.reuse_registration(
+        spec, context, task="classification", fixed=fixed, plan=plan, metric="f1"
+    )
     if missing is not None:
         assert result is None
         assert f"run iris-x7k2p registered version 4 of m, but it lacks {missing}" in caplog.text

@@ -17,18 +17,21 @@ from mlops_operator import __version__
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("mlops_operator.controllers.runtime", "run the operator (kopf) against the current cluster"),
+    "run": ("mlops_operator.operator_command", "run the operator (kopf) against the current cluster"),
     "crds": (
-        "mlops_operator.api.crdgen",
+        "mlops_operator.crds_command",
         "write the CustomResourceDefinitions generated from the API models",
     ),
-    "train": ("mlops_operator.trainer.cli", "run one training (the entry point of a TrainingJob's pod)"),
+    "train": (
+        "mlops_operator.trainer.train_command",
+        "run one training (the entry point of a TrainingJob's pod)",
+    ),
     "serve": (
-        "mlops_operator.serving.cli",
+        "mlops_operator.serving.serve_command",
         "serve a registered model over HTTP (/predict and Open Inference v2)",
     ),
     "sandbox": (
-        "mlops_operator.sandbox.cli",
+        "mlops_operator.sandbox.sandbox_command",
         "a local cluster on this machine: emulated API server + runtime",
     ),
     "demo": ("mlops_operator.demo", "the product's story, end to end, in the local sandbox"),

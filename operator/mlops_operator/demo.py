@@ -5,8 +5,11 @@ plays the loop as a user would see it: a TrainingJob trains the iris model and r
 its ModelVersion passes its gates; an InferenceService serves it on two replicas; steady
 traffic with correct ground truth keeps drift and accuracy healthy; skewed traffic with wrong
 labels makes both move, and the operator reports it (DriftDetected, Degraded) and asks the
-TrainingJob for a new run, whose version is validated against production and rolled out; a
-killed replica comes back. Every stage waits for the cluster's own status (with a deadline) and the
+TrainingJob for a new run, whose version is validated against production; the
+new version rolls out as a canary, step by step, judged against the version it replaces on the
+same live traffic, and is promoted; a version that passed its offline gates (trained on data with
+two labels swapped) is rolled back by the live analysis on its own; a killed replica comes back.
+Every stage waits for the cluster's own status (with a deadline) and the
 demo exits non-zero naming the stage that did not happen. The sandbox is stopped at the end
 (``--keep`` leaves it running to explore with kubectl).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +31,26 @@ import numpy as np
 import yaml
 
 from mlops_operator.controllers.conditions import get_condition
-from mlops_operator.kube import Kube
+from mlops_operator.kube_client import Kube
 
 T = TypeVar("T")
+#: The demo's rollout: the example's analysis, at a pace a person watches (5 s steps, few samples).
+DEMO_ROLLOUT: dict[str, Any] = {
+    "strategy": "Canary",
+    "analysis": {
+        "interval": "5s",
+        "threshold": 2,
+        "stepWeights": [10, 25, 50],
+        "minRequests": 10,
+        "minSamples": 60,
+        "progressDeadlineSeconds": 180,
+        "metrics": [
+            {"name": "error-rate", "max": "0.01"},
+            {"name": "latency-p99", "max": "0.25"},
+            {"name": "accuracy", "min": "0.9", "maxDropVsStable": "0.05"},
+        ],
+    },
+}
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAMESPACE = "default"
 
@@ -53,6 +74,9 @@ class Demo:
         self.kube: Kube | None = None
         self.url = ""
         self.traffic = Traffic()
+        self.retrained = ""
+        self.sender: tuple[threading.Thread, threading.Event] | None = None
+        self.sender_error: Exception | None = None
         rng = np.random.default_rng(7)
         from sklearn.datasets import load_iris
 
@@ -133,7 +157,6 @@ class Demo:
     # --- stages -----------------------------------------------------------------------------
 
     def start(self) -> str:
-        import kubernetes
 
         from mlops_operator.sandbox import manager
 
@@ -142,7 +165,7 @@ class Demo:
         except (manager.SandboxError, Exception) as exc:
             raise DemoError(str(exc)) from exc
         kubeconfig = self.directory.resolve() / "kubeconfig"
-        self.kube = Kube(kubernetes.config.new_client_from_config(config_file=str(kubeconfig)))
+        self.kube = Kube.from_environment(str(kubeconfig))
         return f"kubectl --kubeconfig {kubeconfig} get mlops"
 
     def train(self) -> str:
@@ -162,7 +185,7 @@ class Demo:
         return f"ModelVersion {name} Validated ({gates}); MLflow: {mv['status']['uri']}"
 
     def serve(self) -> str:
-        self.apply_example("iris-inferenceservice.yaml", replicas=2)
+        self.apply_example("iris-inferenceservice.yaml", replicas=2, rollout=DEMO_ROLLOUT)
         isvc = self.wait(
             "InferenceService iris Ready with 2 replicas",
             lambda: (
@@ -299,19 +322,156 @@ class Demo:
         name = tj["status"]["latestModelVersion"]
         version = tj["status"]["lastRun"]["modelVersion"]
         self.wait_condition("ModelVersion", name, "Validated", "True")
-        self.say(f"  {name} validated against production (version 1)")
-        self.wait(
-            f"InferenceService iris to serve version {version} on 2 ready replicas",
-            lambda: (
-                (stable := (self.get("InferenceService", "iris").get("status", {}).get("stable") or {})).get(
-                    "modelVersion"
+        self.retrained = version
+        return f"run {tj['status']['lastRun']['name']} ({requested}) -> {name} Validated against production (version 1)"
+
+    # --- rollouts ---------------------------------------------------------------------------
+
+    def start_background_traffic(self) -> None:
+        """Normal traffic with its ground truth, flowing until the demo stops it."""
+        if self.sender is not None:
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    self.send(5, skew=False)
+                except Exception as exc:  # reported by the stage that waits on the rollout
+                    self.sender_error = exc
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=loop, name="demo-traffic", daemon=True)
+        thread.start()
+        self.sender = (thread, stop)
+
+    def stop_background_traffic(self) -> None:
+        if self.sender is not None:
+            thread, stop = self.sender
+            stop.set()
+            thread.join(30)
+            self.sender = None
+
+    def watch_rollout(self, candidate: str, what: str) -> dict[str, Any]:
+        """Print the rollout as the operator reports it, until it ends for ``candidate``."""
+        seen: set[tuple[Any, ...]] = set()
+
+        def probe() -> dict[str, Any] | None:
+            if self.sender_error is not None:
+                raise DemoError(f"the demo's traffic failed: {self.sender_error}")
+            isvc = self.get("InferenceService", "iris")
+            status = isvc.get("status", {})
+            rollout = status.get("rollout") or {}
+            if rollout.get("candidate") != candidate and rollout.get("target") != candidate:
+                return None
+            canary = status.get("canary") or {}
+            analysis = ", ".join(
+                f"{a['metric']} {a.get('value', '-')} ({a.get('verdict')})"
+                for a in rollout.get("lastAnalysis") or []
+            )
+            row = (
+                rollout.get("phase"),
+                rollout.get("canaryWeight"),
+                canary.get("weight"),
+                rollout.get("failedChecks"),
+                analysis,
+            )
+            if row not in seen:
+                seen.add(row)
+                self.say(
+                    f"  t={time.monotonic() - self.started:6.1f}s  {rollout.get('phase', '?'):<11} step weight "
+                    f"{rollout.get('canaryWeight', 0):>3}% (measured {canary.get('weight', 0):>3}%)  "
+                    f"failed checks {rollout.get('failedChecks', 0)}  {analysis or rollout.get('message', '')}"[
+                        :400
+                    ]
                 )
-                == version
-                and stable.get("readyReplicas") == 2
+            if rollout.get("phase") in ("Succeeded", "RolledBack", "Failed") and rollout.get("candidate") in (
+                None,
+                candidate,
+            ):
+                return isvc
+            return None
+
+        return self.wait(what, probe, timeout=self.timeout * 2)
+
+    def canary(self) -> str:
+        version = self.retrained
+        self.start_background_traffic()
+        isvc = self.watch_rollout(version, f"the canary of version {version} to end")
+        status = isvc["status"]
+        rollout = status.get("rollout") or {}
+        steps = [
+            e["message"] for e in self.events("iris", "CanaryStep") if f"version {version} " in e["message"]
+        ]
+        if rollout.get("phase") != "Succeeded" or (status.get("stable") or {}).get("modelVersion") != version:
+            raise DemoError(
+                f"version {version} was not promoted: {rollout.get('phase')}: {rollout.get('message')}"
+            )
+        weights = [m.split(" receives ")[1].split("%")[0] for m in steps]
+        if weights != [str(w) for w in DEMO_ROLLOUT["analysis"]["stepWeights"]]:
+            raise DemoError(
+                f"expected the canary steps {DEMO_ROLLOUT['analysis']['stepWeights']}, saw {weights}"
+            )
+        self.wait(
+            f"version {version} on 2 ready replicas",
+            lambda: (
+                (self.get("InferenceService", "iris").get("status", {}).get("stable") or {}).get(
+                    "readyReplicas"
+                )
+                == 2
             ),
         )
-        history = self.get("InferenceService", "iris")["status"].get("history") or []
-        return f"run {tj['status']['lastRun']['name']} ({requested}) -> {name} Validated -> serving version {version} ({history[-1]['reason']})"
+        return f"version {version} went {' -> '.join(w + '%' for w in weights)} -> promoted: {rollout.get('message')}"
+
+    def bad_candidate(self) -> str:
+        """A version that passes its offline gates but does worse on live traffic is rolled back."""
+        assert self.kube is not None
+        stable = str(
+            (self.get("InferenceService", "iris").get("status", {}).get("stable") or {}).get("modelVersion")
+        )
+        # An upstream labelling bug: setosa and versicolor swapped in the exported data. The model
+        # learns the swap, so it scores as well as ever on its own held-out split.
+        data = self.directory.resolve() / "data" / "iris-relabelled.csv"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        swap = {"setosa": "versicolor", "versicolor": "setosa", "virginica": "virginica"}
+        rows = ["sepal_length,sepal_width,petal_length,petal_width,species"] + [
+            ",".join(f"{x:.1f}" for x in features) + f",{swap[label]}"
+            for features, label in zip(self.features, self.labels, strict=True)
+        ]
+        data.write_text("\n".join(rows) + "\n")
+        manifest: dict[str, Any] = yaml.safe_load((EXAMPLES / "iris-trainingjob.yaml").read_text())
+        manifest["metadata"]["name"] = "iris-train-relabelled"
+        spec = manifest["spec"]
+        spec.pop("schedule", None)
+        spec["dataset"] = {**spec["dataset"], "uri": f"file://{data}"}
+        spec["evaluation"]["gates"] = [{"metric": "accuracy", "min": "0.9"}]
+        self.kube.apply(manifest)
+        tj = self.wait_condition(
+            "TrainingJob", "iris-train-relabelled", "Ready", "True", timeout=self.timeout * 2
+        )
+        name, version = tj["status"]["latestModelVersion"], tj["status"]["lastRun"]["modelVersion"]
+        mv = self.wait_condition("ModelVersion", name, "Validated", "True")
+        offline = (mv["status"].get("gateResults") or [{}])[0].get("value")
+        self.say(f"  {name}: offline accuracy {offline}, Validated: it becomes the canary")
+        isvc = self.watch_rollout(version, f"the analysis of version {version} to end")
+        rollout = isvc["status"].get("rollout") or {}
+        if rollout.get("phase") != "RolledBack" or rollout.get("reason") != "AnalysisFailed":
+            raise DemoError(
+                f"version {version} was not rolled back by the analysis: {rollout.get('phase')}: {rollout.get('message')}"
+            )
+        if (isvc["status"].get("stable") or {}).get("modelVersion") != stable:
+            raise DemoError(f"version {stable} should serve after the rollback")
+        self.stop_background_traffic()
+        return f"{rollout.get('message')}; version {stable} keeps serving"
+
+    def events(self, name: str, reason: str) -> list[dict[str, Any]]:
+        assert self.kube is not None
+        found = [
+            e
+            for e in self.kube.list("Event", NAMESPACE)
+            if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason
+        ]
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
     def recover(self) -> str:
         assert self.kube is not None
@@ -350,6 +510,7 @@ class Demo:
     def stop(self) -> str:
         from mlops_operator.sandbox import manager
 
+        self.stop_background_traffic()
         manager.down(self.directory, err=self.out)
         return "every process the sandbox started is stopped"
 
@@ -377,7 +538,12 @@ def run(args: argparse.Namespace) -> int:
         ("predict: /predict and Open Inference Protocol v2", demo.predict),
         ("steady traffic with correct labels", demo.steady),
         ("skewed traffic with wrong labels: drift and accuracy move", demo.skewed),
-        ("the loop closes: retrain, validate, roll out the new version", demo.retrain),
+        ("the loop closes: retrain and validate a new version", demo.retrain),
+        ("the new version rolls out as a canary, step by step, judged on live traffic", demo.canary),
+        (
+            "a version that passed its offline gates but is worse on live traffic is rolled back",
+            demo.bad_candidate,
+        ),
         ("a replica is killed and comes back", demo.recover),
     ]
     code = 0

@@ -17,9 +17,7 @@ module rewrites it:
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -101,7 +99,14 @@ KINDS: list[dict[str, Any]] = [
             _column("Model", ".spec.model.name"),
             _column("Version", ".status.stable.modelVersion"),
             _column("Canary", ".status.canary.modelVersion"),
-            _column("Weight", ".status.canary.weight", "integer", description="Canary traffic percent"),
+            _column(
+                "Weight", ".status.canary.weight", "integer", description="Canary traffic percent (measured)"
+            ),
+            _column("Phase", ".status.rollout.phase", description="Rollout phase"),
+            _column("Step", ".status.rollout.step", "integer", priority=1),
+            _column(
+                "Failed", ".status.rollout.failedChecks", "integer", priority=1, description="Failed checks"
+            ),
             _column("URL", ".status.url", priority=1),
             _column("Runtime", ".status.runtime", priority=1),
             _column("Drift", ".status.monitoring.state", priority=1),
@@ -247,40 +252,3 @@ def render(crd: dict[str, Any]) -> str:
 def generate() -> dict[str, str]:
     """File name -> YAML text, for every kind."""
     return {f"{GROUP}_{entry['plural']}.yaml": render(build_crd(entry)) for entry in KINDS}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--output-dir", "-o", default="crds", help="where to write the YAML files (default: crds)"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the files on disk differ, write nothing"
-    )
-    parser.add_argument(
-        "--docs",
-        metavar="FILE",
-        default=None,
-        help="also write the Markdown API reference (docs/api-reference.md)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from mlops_operator.api import docgen
-
-    out = Path(args.output_dir)
-    stale = []
-    files = {out / name: text for name, text in generate().items()}
-    if args.docs:
-        files[Path(args.docs)] = docgen.generate()
-    for path, text in files.items():
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    if stale:
-        print("out of date (run `make crds`): " + ", ".join(stale))
-        return 1
-    return 0

@@ -55,19 +55,58 @@ class Traffic(ApiModel):
     gateway: ObjectName | None = Field(default=None, description="The Gateway an HTTPRoute attaches to.")
 
 
-AnalysisMetricName = Literal["error-rate", "latency-p99", "accuracy", "drift-share"]
+AnalysisMetricName = Literal["error-rate", "latency-p99", "accuracy", "drift-share", "disagreement"]
+#: A significance level strictly between 0 and 1, as a string ("0.05").
+Alpha = Annotated[str, Field(max_length=32, pattern=r"^0\.[0-9]*[1-9][0-9]*$")]
 
 
 class AnalysisMetric(ApiModel):
+    """One analysis check: absolute bounds, or bounds relative to stable on the same traffic window.
+
+    Metrics: ``error-rate`` (5xx answers to prediction requests, 0..1), ``latency-p99``
+    (seconds), ``accuracy`` (labelled predictions answered right, 0..1), ``drift-share``
+    (share of features drifted against the training profile, 0..1) and ``disagreement``
+    (total-variation distance between the candidate's and stable's predicted-class
+    distributions, 0..1). error-rate, latency-p99, drift-share and disagreement gate each
+    step; accuracy gates once ``minSamples`` labels have arrived.
+    """
+
     model_config = ConfigDict(
         json_schema_extra=cel(
-            ("has(self.min) || has(self.max)", "an analysis metric needs min or max"),
+            (
+                "has(self.min) || has(self.max) || has(self.maxIncreaseVsStable) || has(self.maxDropVsStable)",
+                "an analysis metric needs a bound: min, max, maxIncreaseVsStable or maxDropVsStable",
+            ),
+            (
+                "!has(self.maxIncreaseVsStable) || self.name == 'error-rate' || self.name == 'latency-p99'",
+                "maxIncreaseVsStable applies to error-rate and latency-p99",
+                ".maxIncreaseVsStable",
+            ),
+            (
+                "!has(self.maxDropVsStable) || self.name == 'accuracy'",
+                "maxDropVsStable applies to accuracy",
+                ".maxDropVsStable",
+            ),
+            (
+                "!has(self.min) || !has(self.max) || double(self.min) <= double(self.max)",
+                "min must be <= max",
+            ),
         )
     )
 
     name: AnalysisMetricName
-    min: Decimal_ | None = None
-    max: Decimal_ | None = None
+    min: Decimal_ | None = Field(default=None, description="Fail when the candidate's value is below this.")
+    max: Decimal_ | None = Field(default=None, description="Fail when the candidate's value is above this.")
+    max_increase_vs_stable: Decimal_ | None = Field(
+        default=None,
+        description="error-rate, latency-p99: fail when the candidate exceeds stable by more than this "
+        "(error-rate: significantly, by an always-valid sequential test at analysis.alpha).",
+    )
+    max_drop_vs_stable: Decimal_ | None = Field(
+        default=None,
+        description="accuracy: fail when the candidate is below stable by more than this, significantly "
+        "(always-valid sequential test at analysis.alpha).",
+    )
 
 
 class Analysis(ApiModel):
@@ -91,14 +130,51 @@ class Analysis(ApiModel):
             default_factory=lambda: [10, 25, 50], description="Canary traffic percentages, ascending, <= 100."
         )
     )
-    min_samples: Annotated[int, Field(ge=0, le=10_000_000)] = 200
-    metrics: Annotated[list[AnalysisMetric], Field(max_length=8)] | None = None
-    on_no_data: Literal["Hold", "Fail"] = "Hold"
+    min_samples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=200, description="Labelled predictions on the candidate before accuracy is judged."
+    )
+    min_requests: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=100,
+        description="Prediction requests in an analysis window before error-rate, latency-p99 and "
+        "disagreement are judged.",
+    )
+    alpha: Alpha = Field(
+        default="0.05",
+        description="Significance level of the comparisons with stable: the chance of rolling back a "
+        "candidate as good as stable, however often it is checked.",
+    )
+    progress_deadline_seconds: Annotated[int, Field(ge=1, le=604_800)] = Field(
+        default=600,
+        description="How long a step may go without data (or a candidate without becoming ready) "
+        "before onNoData decides (a candidate that never becomes ready is aborted).",
+    )
+    metrics: Annotated[list[AnalysisMetric], Field(max_length=8)] | None = Field(
+        default=None,
+        description="The checks; default: error-rate maxIncreaseVsStable 0.01 and accuracy maxDropVsStable 0.02.",
+    )
+    on_no_data: Literal["Hold", "Fail"] = Field(
+        default="Hold",
+        description="When a step has had no data for progressDeadlineSeconds: keep holding, or fail the rollout.",
+    )
+
+
+class AutoRollback(ApiModel):
+    """Roll back a promoted version whose live accuracy (or error rate) stays bad."""
+
+    enabled: bool = True
+    consecutive_checks: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="Consecutive checks (one per analysis.interval, each over at least analysis.minSamples "
+        "new labels) with accuracy below monitoring.accuracy.min or error rate above the error-rate "
+        "metric's max before rolling back.",
+    )
+    cooldown: Duration = Field(default="1h", description="At most one automatic rollback per cooldown.")
 
 
 class Rollout(ApiModel):
     strategy: Literal["Canary", "Replace"] = "Replace"
     analysis: Analysis = Field(default_factory=Analysis)
+    auto_rollback: AutoRollback = Field(default_factory=AutoRollback)
 
 
 class DriftMonitoring(ApiModel):
@@ -187,16 +263,82 @@ class ServedVersion(ApiModel):
 class AnalysisResult(ApiModel):
     metric: Annotated[str, Field(max_length=32)]
     value: Decimal_ | None = None
-    passed: bool | None = None
+    bound: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, description='The bound checked, such as "max 0.01" or "maxDropVsStable 0.02".'
+    )
+    samples: Annotated[int, Field(ge=0)] = 0
+    verdict: Literal["Pass", "Fail", "NoData"] | None = None
     message: Annotated[str, Field(max_length=1024)] = ""
 
 
+class LatencyBucket(ApiModel):
+    le: Annotated[str, Field(max_length=32)] = Field(description='Upper bound in seconds, or "+Inf".')
+    count: Annotated[int, Field(ge=0)]
+
+
+class Counters(ApiModel):
+    """Cumulative counters of one model server process (its ``/monitoring`` counters block)."""
+
+    requests: Annotated[int, Field(ge=0)] = 0
+    errors: Annotated[int, Field(ge=0)] = 0
+    latency: Annotated[list[LatencyBucket], Field(max_length=32)] | None = None
+    predictions: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=80)] | None = None
+    labelled: Annotated[int, Field(ge=0)] = 0
+    correct: Annotated[int, Field(ge=0)] = 0
+
+
+class InstanceCounters(ApiModel):
+    instance: Annotated[str, Field(max_length=64)]
+    counters: Counters
+
+
+InstancesCounters = Annotated[list[InstanceCounters], Field(max_length=128)]
+
+
+class RolloutBaseline(ApiModel):
+    """Counters of each version's server processes when a window began (windows are differences)."""
+
+    stable: InstancesCounters | None = None
+    candidate: InstancesCounters | None = None
+
+
+class RollbackWatch(ApiModel):
+    """The check of the promoted version's live accuracy and error rate (automatic rollback)."""
+
+    baseline: InstancesCounters | None = None
+    checked_at: dt.datetime | None = None
+    low_checks: Annotated[int, Field(ge=0)] = 0
+
+
+VersionString = Annotated[str, Field(max_length=16)]
+
+
 class RolloutStatus(ApiModel):
-    phase: Literal["Idle", "Progressing", "Promoting", "Succeeded", "RolledBack", "Failed"] = "Idle"
+    phase: Literal["Idle", "Progressing", "Paused", "Promoting", "Succeeded", "RolledBack", "Failed"] = "Idle"
+    reason: Annotated[str, Field(max_length=64)] | None = None
+    message: Annotated[str, Field(max_length=1024)] | None = None
+    target: VersionString | None = Field(default=None, description="The target version the rollout answers.")
+    candidate: VersionString | None = None
+    rollback_from: VersionString | None = Field(
+        default=None, description="Set while a rollback brings back candidate in place of this version."
+    )
     step: Annotated[int, Field(ge=0, le=10)] = 0
+    canary_weight: Annotated[int, Field(ge=0, le=100)] = 0
     failed_checks: Annotated[int, Field(ge=0)] = 0
+    started_at: dt.datetime | None = None
+    step_started_at: dt.datetime | None = None
+    last_check_at: dt.datetime | None = None
     last_transition_time: dt.datetime | None = None
-    last_analysis: Annotated[list[AnalysisResult], Field(max_length=8)] | None = None
+    last_analysis: Annotated[list[AnalysisResult], Field(max_length=24)] | None = None
+    baseline: RolloutBaseline | None = Field(default=None, description="Counters when the rollout began.")
+    check_baseline: RolloutBaseline | None = Field(
+        default=None, description="Counters when the current analysis window began."
+    )
+    rejected_versions: Annotated[list[VersionString], Field(max_length=20)] | None = Field(
+        default=None, description="Versions aborted or rolled back: not tried again until the target changes."
+    )
+    last_auto_rollback_at: dt.datetime | None = None
+    watch: RollbackWatch | None = None
 
 
 class MonitoringStatus(ApiModel):
@@ -218,6 +360,9 @@ class HistoryEntry(ApiModel):
     model_version: Annotated[str, Field(max_length=16)]
     promoted_at: dt.datetime | None = None
     rolled_back_at: dt.datetime | None = None
+    replaced: Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="The version this one replaced (where a rollback goes back to)."
+    )
     reason: Annotated[str, Field(max_length=1024)] | None = None
 
 

@@ -16,117 +16,51 @@ post a second Event. Reading and writing under one lock makes "flip -> one Event
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import kopf
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from mlops_operator.api import cel
-from mlops_operator.config import get_settings
+from mlops_operator.config import Settings
+from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.conditions import set_condition
-from mlops_operator.controllers.metrics import InvalidSpecError, reconcile_metrics
-from mlops_operator.kube import Kube
+from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
+from mlops_operator.controllers.operator_metrics import reconcile_metrics
+from mlops_operator.kube_client import Kube
 
 if TYPE_CHECKING:
     from mlops_operator.registry.client import Registry
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-_kube: Kube | None = None
-_registry: Registry | None = None
-
-
-def get_kube() -> Kube:
-    """The process-wide API client (created on first use, from the environment)."""
-    global _kube
-    if _kube is None:
-        _kube = Kube.from_environment()
-    return _kube
-
-
-def set_kube(kube: Kube | None) -> None:
-    """Replace the API client (tests point it at the emulated API server)."""
-    global _kube
-    _kube = kube
-
-
-def get_registry() -> Registry:
-    """The process-wide MLflow registry client (from ``MLOPS_MLFLOW_TRACKING_URI``)."""
-    global _registry
-    if _registry is None:
-        from mlops_operator.registry.client import Registry
-
-        _registry = Registry(get_settings().mlflow_tracking_uri)
-    return _registry
-
-
-def set_registry(registry: Registry | None) -> None:
-    """Replace the registry client (tests point it at a local MLflow)."""
-    global _registry
-    _registry = registry
-
-
-def _lock_for(uid: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(uid, threading.Lock())
-
-
-def forget(uid: str) -> None:
-    """Drop per-object state once the object is gone."""
-    with _locks_guard:
-        _locks.pop(uid, None)
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
-    """``spec.rollout.analysis.stepWeights[1]: Input should be less than or equal to 100`` ..."""
-    parts = []
-    for error in exc.errors()[:10]:
-        path = prefix
-        for item in error["loc"]:
-            path += f"[{item}]" if isinstance(item, int) else f".{item}"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        parts.append(f"{path}: {message}")
-    more = len(exc.errors()) - 10
-    if more > 0:
-        parts.append(f"... and {more} more")
-    return "; ".join(parts)
-
-
-def parse_spec(model: type[SpecT], spec: Mapping[str, Any] | None) -> SpecT:
-    """The spec as the pydantic model, or :class:`InvalidSpecError` naming every bad field.
-
-    Both the per-field schema (pydantic) and the cross-field CEL rules are checked: on a
-    cluster that does not evaluate CEL, this is the only place they are enforced.
-    """
-    try:
-        parsed = model.model_validate(dict(spec or {}))
-    except ValidationError as exc:
-        raise InvalidSpecError(format_validation_error(exc)) from exc
-    violations = cel.validate_model(model, dict(spec or {}))
-    if violations:
-        raise InvalidSpecError("; ".join(str(violation) for violation in violations))
-    return parsed
-
 
 @dataclass
 class Context(Generic[SpecT]):
-    """Everything one reconciliation reads: the object, its parsed spec, and the client."""
+    """Everything one reconciliation reads: the object, its parsed spec, the settings and clients."""
 
     body: Mapping[str, Any]
     spec: SpecT
     status: dict[str, Any]
-    kube: Kube
+    collaborators: Collaborators
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Writes that must follow the status (clearing a command annotation: once it is gone, the
+    #: command's outcome is already in status for whoever waited on it).
+    after_status: list[Callable[[], object]] = field(default_factory=list)
+
+    @property
+    def kube(self) -> Kube:
+        return self.collaborators.kube
+
+    @property
+    def registry(self) -> Registry:
+        return self.collaborators.registry
+
+    @property
+    def settings(self) -> Settings:
+        return self.collaborators.settings
 
     @property
     def name(self) -> str:
@@ -190,14 +124,15 @@ def reconcile(
     *,
     body: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    collaborators: Collaborators,
 ) -> None:
     """Run one reconciliation of the object ``body`` names; record the outcome in status and Events."""
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
     try:
-        with _lock_for(str(meta.get("uid") or meta["name"])), reconcile_metrics(kind):
-            _reconcile_locked(kind, model, reconciler, body=body, logger=logger)
+        with collaborators.locks.lock_for(str(meta.get("uid") or meta["name"])), reconcile_metrics(kind):
+            _reconcile_locked(kind, model, reconciler, body=body, logger=logger, collaborators=collaborators)
     except InvalidSpecError:
         # Recorded in status and (once) in a Warning Event. Not re-raised: kopf would retry or
         # post an error Event on every timer tick; nothing can change until the spec does.
@@ -211,8 +146,9 @@ def _reconcile_locked(
     *,
     body: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    collaborators: Collaborators,
 ) -> None:
-    kube = get_kube()
+    kube = collaborators.kube
     meta = body["metadata"]
     fresh = kube.get(kind, meta.get("namespace"), meta["name"])
     if fresh is None or fresh["metadata"].get("deletionTimestamp"):
@@ -228,7 +164,7 @@ def _reconcile_locked(
         )
         raise
     ctx: Context[SpecT] = Context(
-        body=fresh, spec=spec, status=old_status, kube=kube, logger=logger, events=events
+        body=fresh, spec=spec, status=old_status, collaborators=collaborators, logger=logger, events=events
     )
     try:
         new_status = reconciler(ctx)
@@ -241,6 +177,8 @@ def _reconcile_locked(
     if generation is not None:
         new_status["observedGeneration"] = generation
     _write(kube, kind, fresh, old_status, new_status, events, logger)
+    for action in ctx.after_status:
+        action()
 
 
 def _invalid_status(old: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:
@@ -269,9 +207,15 @@ def _write(
     if changes:
         meta = body["metadata"]
         kube.patch_status(kind, meta.get("namespace"), meta["name"], changes)
-    for type_, reason, message in (
-        _condition_events(old.get("conditions") or [], new.get("conditions") or []) + events
-    ):
+    # A condition flip whose reason a controller's own Event already tells (with more detail)
+    # is not told twice.
+    told = {reason for _, reason, _ in events}
+    flips = [
+        event
+        for event in _condition_events(old.get("conditions") or [], new.get("conditions") or [])
+        if event[1] not in told
+    ]
+    for type_, reason, message in flips + events:
         try:
             kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
         except Exception:  # an Event is best effort; never fail a reconciliation over it

@@ -1,9 +1,15 @@
-"""Every kopf handler of the operator, in one thin module.
+"""Every kopf handler of the operator, registered for one set of settings.
 
 Each kind is reconciled level-based: the same idempotent ``reconcile`` runs when the object
 is created, when its spec changes, when the operator starts (resume), and on a timer, so
 state that drifts without an event (a pod crash-looping, a Job finishing, traffic drifting)
 is converged too. The handlers only delegate; the decisions live in the controller modules.
+
+:func:`register` builds a fresh kopf registry, so the timer interval comes from the settings
+the operator was started with rather than from whatever the environment held at import. The
+clients reach the handlers through kopf's ``memo``: the operator command puts them there; when
+absent (kopf started some other way, as in tests), the startup handler builds them from the
+same settings.
 """
 
 from __future__ import annotations
@@ -20,80 +26,124 @@ from mlops_operator.api.modelversion import PLURAL as MV
 from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.api.trainingjob import PLURAL as TJ
 from mlops_operator.api.trainingjob import TrainingJobSpec
-from mlops_operator.config import get_settings
-from mlops_operator.controllers import base, inferenceservice, modelversion, runtime, trainingjob
+from mlops_operator.config import Settings
+from mlops_operator.controllers import (
+    base,
+    inferenceservice_reconciler,
+    modelversion_reconciler,
+    trainingjob_reconciler,
+)
+from mlops_operator.controllers.collaborators import Collaborators
+from mlops_operator.controllers.kopf_settings import configure, start_metrics_server
+from mlops_operator.controllers.operator_metrics import forget_rollout_metrics
+from mlops_operator.credentials import CredentialsError, connection_info, load_credentials
 
-INTERVAL = get_settings().reconcile_interval
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
-# --- the operator itself ------------------------------------------------------------------------
+def login(logger: Logger, **_: Any) -> kopf.ConnectionInfo:
+    """The identity kubectl would use, loaded now (in a pod: the service account; else ``$KUBECONFIG``).
 
-
-@kopf.on.startup()
-def on_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    runtime.configure(settings)
-    runtime.start_metrics_server()
-
-
-@kopf.on.login()
-def on_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: ``$KUBECONFIG`` as it is *now*.
-
-    kopf's default login goes through the kubernetes client, which reads ``$KUBECONFIG`` once,
-    at import time; reading it at login makes the operator follow the environment it is run in.
+    kopf runs this again whenever the API server answers 401, so a rotated token is picked up.
+    kopf's default login reads ``$KUBECONFIG`` once, at import, and knows no exec plugins.
     """
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    try:
+        credentials = load_credentials()
+    except CredentialsError as exc:
+        raise kopf.LoginError(str(exc)) from exc
+    if credentials.impersonation is not None:
+        logger.warning(
+            "the kubeconfig impersonates %s: the operator's calls do, but kopf's watch streams run "
+            "as the authenticated identity (kopf cannot send Impersonate-* headers)",
+            credentials.impersonation.user,
+        )
+    return connection_info(credentials)
 
 
-@kopf.on.probe(id="controllers")
-def liveness_probe(**_: Any) -> str:
-    return "ok"
+def register(
+    settings: Settings,
+    *,
+    collaborators: Collaborators | None = None,
+    registry: kopf.OperatorRegistry | None = None,
+) -> kopf.OperatorRegistry:
+    """Register every handler of the operator, for ``settings``, in ``registry`` (a new one by default).
 
+    ``collaborators`` (tests hand in their own) are put into kopf's memo at startup, unless the
+    memo already has some; without either, they are built from ``settings``.
+    """
+    registry = registry if registry is not None else kopf.OperatorRegistry()
+    interval = settings.reconcile_interval
+    operator_settings = settings  # kopf calls its own settings `settings` in handler kwargs
 
-# --- TrainingJob --------------------------------------------------------------------------------
+    @kopf.on.startup(registry=registry)
+    def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings, operator_settings)
+        if "collaborators" not in memo:
+            memo["collaborators"] = collaborators or Collaborators.from_settings(operator_settings)
+        start_metrics_server(operator_settings.metrics_port)
 
+    kopf.on.login(registry=registry)(login)
 
-@kopf.on.resume(GROUP, VERSION, TJ, id="reconcile-resume")
-@kopf.on.create(GROUP, VERSION, TJ, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, TJ, id="reconcile-update")
-@kopf.on.update(GROUP, VERSION, TJ, id="run-request", field=("metadata", "annotations"))
-@kopf.timer(GROUP, VERSION, TJ, interval=INTERVAL, id="reconcile-timer")
-def reconcile_trainingjob(body: kopf.Body, logger: Logger, **_: Any) -> None:
-    base.reconcile("TrainingJob", TrainingJobSpec, trainingjob.reconcile, body=body, logger=logger)
+    @kopf.on.probe(id="controllers", registry=registry)
+    def liveness_probe(**_: Any) -> str:
+        return "ok"
 
-
-# --- ModelVersion -------------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, MV, id="reconcile-resume")
-@kopf.on.create(GROUP, VERSION, MV, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, MV, id="reconcile-update")
-@kopf.timer(GROUP, VERSION, MV, interval=INTERVAL, id="reconcile-timer")
-def reconcile_modelversion(body: kopf.Body, logger: Logger, **_: Any) -> None:
-    base.reconcile("ModelVersion", ModelVersionSpec, modelversion.reconcile, body=body, logger=logger)
-
-
-# --- InferenceService ---------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, ISVC, id="reconcile-resume")
-@kopf.on.create(GROUP, VERSION, ISVC, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, ISVC, id="reconcile-update")
-@kopf.timer(GROUP, VERSION, ISVC, interval=INTERVAL, id="reconcile-timer")
-def reconcile_inferenceservice(body: kopf.Body, logger: Logger, **_: Any) -> None:
-    base.reconcile(
-        "InferenceService",
-        InferenceServiceSpec,
-        inferenceservice.reconcile,
-        body=body,
-        logger=logger,
+    @kopf.on.resume(GROUP, VERSION, TJ, id="reconcile-resume", registry=registry)
+    @kopf.on.create(GROUP, VERSION, TJ, id="reconcile-create", registry=registry)
+    @kopf.on.update(GROUP, VERSION, TJ, id="reconcile-update", registry=registry)
+    @kopf.on.update(
+        GROUP, VERSION, TJ, id="run-request", field=("metadata", "annotations"), registry=registry
     )
+    @kopf.timer(GROUP, VERSION, TJ, interval=interval, id="reconcile-timer", registry=registry)
+    def reconcile_trainingjob(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+        base.reconcile(
+            "TrainingJob",
+            TrainingJobSpec,
+            trainingjob_reconciler.reconcile,
+            body=body,
+            logger=logger,
+            collaborators=memo["collaborators"],
+        )
 
+    @kopf.on.resume(GROUP, VERSION, MV, id="reconcile-resume", registry=registry)
+    @kopf.on.create(GROUP, VERSION, MV, id="reconcile-create", registry=registry)
+    @kopf.on.update(GROUP, VERSION, MV, id="reconcile-update", registry=registry)
+    @kopf.timer(GROUP, VERSION, MV, interval=interval, id="reconcile-timer", registry=registry)
+    def reconcile_modelversion(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+        base.reconcile(
+            "ModelVersion",
+            ModelVersionSpec,
+            modelversion_reconciler.reconcile,
+            body=body,
+            logger=logger,
+            collaborators=memo["collaborators"],
+        )
 
-@kopf.on.delete(GROUP, VERSION, TJ, id="forget", optional=True)
-@kopf.on.delete(GROUP, VERSION, MV, id="forget", optional=True)
-@kopf.on.delete(GROUP, VERSION, ISVC, id="forget", optional=True)
-def forget(meta: kopf.Meta, **_: Any) -> None:
-    """Drop per-object state; children go with their ownerReferences (no finalizer needed)."""
-    base.forget(str(meta.get("uid") or meta.get("name")))
+    @kopf.on.resume(GROUP, VERSION, ISVC, id="reconcile-resume", registry=registry)
+    @kopf.on.create(GROUP, VERSION, ISVC, id="reconcile-create", registry=registry)
+    @kopf.on.update(GROUP, VERSION, ISVC, id="reconcile-update", registry=registry)
+    @kopf.timer(GROUP, VERSION, ISVC, interval=interval, id="reconcile-timer", registry=registry)
+    def reconcile_inferenceservice(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+        base.reconcile(
+            "InferenceService",
+            InferenceServiceSpec,
+            inferenceservice_reconciler.reconcile,
+            body=body,
+            logger=logger,
+            collaborators=memo["collaborators"],
+        )
+
+    @kopf.on.delete(GROUP, VERSION, TJ, id="forget", optional=True, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, MV, id="forget", optional=True, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, ISVC, id="forget", optional=True, registry=registry)
+    def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+        """Drop per-object state; children go with their ownerReferences (no finalizer needed)."""
+        collaborators: Collaborators = memo["collaborators"]
+        collaborators.locks.forget(str(meta.get("uid") or meta.get("name")))
+
+    @kopf.on.delete(GROUP, VERSION, ISVC, id="forget-metrics", optional=True, registry=registry)
+    def forget_metrics(meta: kopf.Meta, **_: Any) -> None:
+        """Remove the service's rollout series from /metrics."""
+        forget_rollout_metrics(str(meta.get("namespace")), str(meta.get("name")))
+
+    return registry

@@ -78,7 +78,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
 
-from mlops_operator.monitoring.profile import FeatureProfile
+from mlops_operator.monitoring.reference_profile import FeatureProfile
 
 DriftMethod = Literal["PSI", "KS", "ChiSquare"]
 DriftState = Literal["ok", "drift", "insufficient_data"]

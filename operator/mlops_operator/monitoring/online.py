@@ -21,8 +21,24 @@ The model server creates one :class:`OnlineMonitor` per model version it serves 
   not the raw path, to keep labels bounded).
 - :meth:`OnlineMonitor.snapshot` for a JSON status endpoint (and the operator, which copies
   parts into ``InferenceService.status.monitoring``); the same numbers are exposed on
-  ``/metrics`` through the registry passed in (see ``metrics.py``).
+  ``/metrics`` through the registry passed in (see ``server_metrics.py``).
 - :meth:`OnlineMonitor.close` when the version stops being served: its series disappear.
+
+The snapshot's ``counters`` block is what canary analysis reads (``rollout/canary_analysis.py``
+``VersionCounters.from_snapshot``): cumulative since this monitor started, under a random
+``instance`` id drawn at start (a restarted server has a new id, so the operator knows its
+counters started again from zero):
+
+- ``requests``, ``errors``: prediction requests (``/predict`` and the v2 ``infer`` routes) and
+  those answered 5xx;
+- ``latency``: their cumulative latency histogram, ``[[le_seconds, count], ..., ["+Inf", n]]``;
+- ``predictions``: rows predicted per class (one ``""`` key for regression);
+- ``labelled``, ``correct``: predictions that received a label on ``/feedback``, and those whose
+  label matched (classification; ``correct`` stays 0 for regression).
+
+Requests and latency are read from the Prometheus request counter and histogram the server
+already updates on every request (at snapshot time, not on the request path); labelled and
+correct are two integers incremented when feedback joins.
 
 Without a reference profile there is nothing to compare with: drift is not computed and the
 snapshot's state is ``"no_reference"`` (a fourth state besides ok / drift /
@@ -32,6 +48,8 @@ by default).
 
 from __future__ import annotations
 
+import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,10 +82,35 @@ from mlops_operator.monitoring.drift import (
     evaluate_drift,
     finite_or_none,
 )
-from mlops_operator.monitoring.metrics import METHOD_LABELS, FeatureSample, MonitorSample, ServerMetrics
-from mlops_operator.monitoring.profile import ReferenceProfile
+from mlops_operator.monitoring.reference_profile import ReferenceProfile
+from mlops_operator.monitoring.server_metrics import (
+    METHOD_LABELS,
+    FeatureSample,
+    MonitorSample,
+    ServerMetrics,
+)
 
 MonitorState = Literal["ok", "drift", "insufficient_data", "no_reference"]
+#: The route templates (the ``endpoint`` label) of prediction requests, as ``serving/app.py`` names them.
+PREDICTION_ENDPOINTS = frozenset(
+    {"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
+)
+
+
+class _CountingOutcomes(OutcomeWindow):
+    """The accuracy window, plus cumulative counts of labelled and correct outcomes."""
+
+    def __init__(self, size: int, classification: bool) -> None:
+        super().__init__(size)
+        self._classification = classification
+        self.labelled = 0
+        self.correct = 0
+
+    def add(self, value: float) -> None:
+        super().add(value)
+        self.labelled += 1
+        if self._classification and value == 1.0:
+            self.correct += 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +124,8 @@ class _Computed:
     accuracy: AccuracyStats
     feedback: dict[str, int]
     pending: int
+    labelled_total: int
+    correct_total: int
 
 
 class MonitorConfig(BaseModel):
@@ -163,11 +208,14 @@ class OnlineMonitor:
         classes = profile.classes if profile is not None and self.task == "classification" else None
         self._classes = ClassWindow(config.window, classes) if self.task == "classification" else None
         self._regression_predictions = 0
+        self._outcomes = _CountingOutcomes(config.accuracy_window, self.task == "classification")
         self._join = FeedbackJoin(
             self.task,
             PredictionStore(config.prediction_store_size, config.prediction_ttl_seconds),
-            OutcomeWindow(config.accuracy_window),
+            self._outcomes,
         )
+        #: Identifies this monitor's cumulative counters: new ones, a new id.
+        self.instance = secrets.token_hex(8)
         self._metrics = ServerMetrics.for_registry(registry)
         self._recorder = self._metrics.attach(self, model_name, model_version)
 
@@ -241,6 +289,7 @@ class OnlineMonitor:
             accuracy = self._join.stats()
             feedback = dict(self._join.results)
             pending = len(self._join.store)
+            labelled_total, correct_total = self._outcomes.labelled, self._outcomes.correct
         report = None
         if self._layout is not None and counts is not None:
             report = evaluate_drift(
@@ -267,10 +316,12 @@ class OnlineMonitor:
             accuracy=accuracy,
             feedback=feedback,
             pending=pending,
+            labelled_total=labelled_total,
+            correct_total=correct_total,
         )
 
     def metric_sample(self) -> MonitorSample:
-        """The values the scrape-time collector exposes (see ``metrics.py``)."""
+        """The values the scrape-time collector exposes (see ``server_metrics.py``)."""
         computed = self._compute()
         report = computed.drift
         features: list[FeatureSample] = []
@@ -357,4 +408,47 @@ class OnlineMonitor:
             "labelled_samples": accuracy.labelled,
             "feedback": dict(computed.feedback),
             "pending_predictions": computed.pending,
+            "counters": self._counters(computed),
+        }
+
+    def _counters(self, computed: _Computed) -> dict[str, Any]:
+        """The cumulative counters block of the snapshot (see the module docstring)."""
+        requests = errors = 0
+        for metric in self._metrics.requests.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    not sample.name.endswith("_total")
+                    or labels.get("endpoint") not in PREDICTION_ENDPOINTS
+                    or labels.get("model") != self.model_name
+                    or labels.get("version") != self.model_version
+                ):
+                    continue
+                requests += int(sample.value)
+                if labels.get("code", "").startswith("5"):
+                    errors += int(sample.value)
+        buckets: dict[float, int] = {}
+        for metric in self._metrics.duration.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    not sample.name.endswith("_bucket")
+                    or labels.get("endpoint") not in PREDICTION_ENDPOINTS
+                    or labels.get("model") != self.model_name
+                    or labels.get("version") != self.model_version
+                ):
+                    continue
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0) + int(sample.value)
+        latency: list[list[float | int | str]] = [
+            ["+Inf" if math.isinf(le) else le, count] for le, count in sorted(buckets.items())
+        ]
+        return {
+            "instance": self.instance,
+            "requests": requests,
+            "errors": errors,
+            "latency": latency,
+            "predictions": dict(computed.totals),
+            "labelled": computed.labelled_total,
+            "correct": computed.correct_total,
         }

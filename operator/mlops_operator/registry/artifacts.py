@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from mlops_operator.monitoring.profile import PROFILE_ARTIFACT, ReferenceProfile
+from mlops_operator.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
 from mlops_operator.registry.digest import directory_sha256
 
 # MLflow writes this file into every directory it downloads from a ``models:/`` URI. It is the

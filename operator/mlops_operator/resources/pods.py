@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The uid/gid the images run as (non-root; set in images/*/Dockerfile too).
+#: The uid/gid the images run as (non-root; set in images/Dockerfile too).
 RUN_AS_USER = 10001
 
 

@@ -34,7 +34,6 @@ from typing import Any
 import aiohttp
 
 from mlops_operator.sandbox import images, podstatus
-from mlops_operator.sandbox.kube import PODS, ApiError, KubeClient
 from mlops_operator.sandbox.objects import Obj, format_time, key_of, name_of, namespace_of
 from mlops_operator.sandbox.podspec import (
     ContainerConfigError,
@@ -45,6 +44,7 @@ from mlops_operator.sandbox.podspec import (
     service_link_env,
 )
 from mlops_operator.sandbox.processes import write_pidfile
+from mlops_operator.sandbox.runtime_client import PODS, ApiError, KubeClient
 from mlops_operator.sandbox.services import AddressPool
 
 logger = logging.getLogger(__name__)

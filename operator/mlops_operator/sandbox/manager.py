@@ -10,10 +10,12 @@ goes to ``DIR/logs/<component>.log``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -125,23 +127,23 @@ def _python(*module_args: str) -> list[str]:
     return [sys.executable, "-m", *module_args]
 
 
-def apiserver_command(host: str, port: int, crds: Path | None, url_file: Path) -> list[str]:
+def apiserver_command(
+    host: str, port: int, crds: Path | None, url_file: Path, token_auth_file: Path, tls_dir: Path
+) -> list[str]:
     command = _python(
-        "mlops_operator.sandbox.apiserver", "--host", host, "--port", str(port), "--url-file", str(url_file)
-    )
+        "mlops_operator.sandbox.apiserver", "--host", host, "--port", str(port), "--url-file", str(url_file),
+        "--token-auth-file", str(token_auth_file), "--tls-dir", str(tls_dir),
+    )  # fmt: skip
     return [*command, "--crds", str(crds)] if crds else command
 
 
-def runtime_command(server: str, directory: Path, ready_file: Path) -> list[str]:
+def runtime_command(
+    server: str, directory: Path, ready_file: Path, token_file: Path, ca_file: Path
+) -> list[str]:
     return _python(
-        "mlops_operator.sandbox.runtime",
-        "--server",
-        server,
-        "--dir",
-        str(directory),
-        "--ready-file",
-        str(ready_file),
-    )
+        "mlops_operator.sandbox.pod_runtime", "--server", server, "--dir", str(directory),
+        "--ready-file", str(ready_file), "--token-file", str(token_file), "--ca-file", str(ca_file),
+    )  # fmt: skip
 
 
 def operator_command() -> list[str]:
@@ -197,121 +199,231 @@ def running_components(directory: Path) -> list[Component]:
 
 
 def up(options: Options, err: TextIO = sys.stderr) -> dict[str, Any]:
-    """Start the sandbox in ``options.directory``; return its state. Raises SandboxError/StartupError."""
+    """Start the sandbox in ``options.directory``; return its state. Raises SandboxError/StartupError.
+
+    Each component starts only once the one before is ready, and is recorded in ``state.json``
+    as soon as it is spawned: a failed ``up`` stops everything it started (via :func:`down`).
+    """
     directory = options.directory.resolve()
-    if running_components(directory):
-        raise SandboxError(
-            f"the sandbox in {directory} is already running (`mlops-operator sandbox down --dir {directory}`)"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    _stop_leftover_pods(directory)
-    for stale in ("run/apiserver.url", "run/runtime.ready"):
-        (directory / stale).unlink(missing_ok=True)
-    if options.api_port:
-        check_port_free("127.0.0.1", options.api_port)
-    if options.mlflow and options.mlflow_port:
-        check_port_free("127.0.0.1", options.mlflow_port)
+    check_not_running(directory)
+    clean_directory(directory)
+    check_ports_free(options)
     crds = options.crds or default_crds(directory)
-    logs = directory / "logs"
-    state: dict[str, Any] = {
-        "directory": str(directory),
-        "components": [],
-        "kubeconfig": str(directory / "kubeconfig"),
-    }
+    launch = Launch(directory, options, new_state(directory))
     progress = Progress(err)
-
-    def record(name: str, process: subprocess.Popen[bytes], log: Path, url: str = "") -> None:
-        entry = Component(name, process.pid, start_time(process.pid), str(log), url)
-        state["components"].append(dataclasses.asdict(entry))
-        _write_state(directory, state)
-
     err.write(f"Starting the sandbox in {directory}\n")
     try:
-        url_file = directory / "run" / "apiserver.url"
-        url_file.parent.mkdir(parents=True, exist_ok=True)
-
-        def start_apiserver() -> str:
-            log = logs / "apiserver.log"
-            process = _spawn(apiserver_command("127.0.0.1", options.api_port, crds, url_file), log)
-            record("apiserver", process, log)
-            url = _wait("the API server", process, log, lambda: _read(url_file), options.timeout)
-            state["components"][-1]["url"] = url
-            state["server"] = url
-            from mlops_operator.sandbox.apiserver import write_kubeconfig
-
-            write_kubeconfig(directory / "kubeconfig", url)
-            _write_state(directory, state)
-            return url
-
-        server = progress.step("apiserver", start_apiserver)
-
-        def start_runtime() -> str:
-            log = logs / "runtime.log"
-            ready_file = directory / "run" / "runtime.ready"
-            process = _spawn(runtime_command(server, directory, ready_file), log)
-            record("runtime", process, log)
-            _wait(
-                "the runtime", process, log, lambda: "ready" if ready_file.exists() else None, options.timeout
-            )
-            return ready_file.read_text().strip()  # the runtime's network: "pods on 127.K.0.2-254, ..."
-
-        progress.step("runtime", start_runtime)
-
+        make_credentials(launch)
+        server = progress.step("apiserver", lambda: start_apiserver(launch, crds))
+        progress.step("runtime", lambda: start_runtime(launch, server))
         if options.mlflow:
-
-            def start_mlflow() -> str:
-                log = logs / "mlflow.log"
-                mlflow = MlflowServer(directory / "mlflow", port=options.mlflow_port)
-                process = mlflow.start(log)
-                record("mlflow", process, log, mlflow.url)
-                _wait(
-                    "mlflow",
-                    process,
-                    log,
-                    lambda: mlflow.url if _http_ok(f"{mlflow.url}/health") else None,
-                    options.timeout,
-                )
-                state["mlflow_uri"] = mlflow.url
-                _write_state(directory, state)
-                return mlflow.url
-
-            progress.step("mlflow", start_mlflow)
-
+            progress.step("mlflow", lambda: start_mlflow(launch))
         if options.operator:
-
-            def start_operator() -> str:
-                log = logs / "operator.log"
-                liveness, metrics = free_port(), free_port()
-                env = {
-                    "KUBECONFIG": str(directory / "kubeconfig"),
-                    "MLOPS_METRICS_PORT": str(metrics),
-                    "MLOPS_LIVENESS_PORT": str(liveness),
-                    "MLOPS_MLFLOW_TRACKING_URI": state.get("mlflow_uri", ""),
-                    # Interactive use wants status that follows within seconds, not the
-                    # cluster default of 30 s; an explicit setting still wins.
-                    "MLOPS_RECONCILE_INTERVAL": os.environ.get("MLOPS_RECONCILE_INTERVAL", "5"),
-                }
-                if not options.mlflow:
-                    env.pop("MLOPS_MLFLOW_TRACKING_URI")
-                process = _spawn(operator_command(), log, env)
-                record("operator", process, log, f"http://127.0.0.1:{metrics}/metrics")
-                health = f"http://127.0.0.1:{liveness}/healthz"
-                _wait(
-                    "the operator",
-                    process,
-                    log,
-                    lambda: health if _http_ok(health) else None,
-                    options.timeout,
-                )
-                return f"metrics http://127.0.0.1:{metrics}/metrics"
-
-            progress.step("operator", start_operator)
+            progress.step("operator", lambda: start_operator(launch))
     except BaseException:
         # Leave nothing half-started behind: a failed `up` stops what it started.
         down(directory, err=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
         raise
     err.write(f"Ready. export KUBECONFIG={directory / 'kubeconfig'}\n")
-    return state
+    return launch.state
+
+
+# --- the steps of `up`, in order ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Launch:
+    """A sandbox being started: where, how, and the state recorded so far (saved as it grows)."""
+
+    directory: Path
+    options: Options
+    state: dict[str, Any]
+
+    @property
+    def logs(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The user's kubeconfig: an administrator, as kind's is."""
+        return self.directory / "kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The operator's: the identity the chart gives it in a cluster (its ServiceAccount)."""
+        return self.directory / "operator.kubeconfig"
+
+    @property
+    def auth(self) -> Path:
+        """Tokens and TLS material (mode 0600 where secret)."""
+        return self.directory / "auth"
+
+    def record(self, name: str, process: subprocess.Popen[bytes], log: Path, url: str = "") -> None:
+        """List a just-spawned process in ``state.json``, before waiting for it, so `down` finds it."""
+        entry = Component(name, process.pid, start_time(process.pid), str(log), url)
+        self.state["components"].append(dataclasses.asdict(entry))
+        self.save()
+
+    def save(self) -> None:
+        _write_state(self.directory, self.state)
+
+
+def check_not_running(directory: Path) -> None:
+    """``SandboxError`` if a sandbox in ``directory`` still has a live process."""
+    if running_components(directory):
+        raise SandboxError(
+            f"the sandbox in {directory} is already running (`mlops-operator sandbox down --dir {directory}`)"
+        )
+
+
+def clean_directory(directory: Path) -> None:
+    """Create ``directory``; stop pods a previous run left behind; remove its stale readiness files.
+
+    The readiness files must go: a leftover URL or ready file would make the wait succeed at
+    once, before the new process is up.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    _stop_leftover_pods(directory)
+    for stale in ("run/apiserver.url", "run/runtime.ready"):
+        (directory / stale).unlink(missing_ok=True)
+
+
+def check_ports_free(options: Options) -> None:
+    """Fail before starting anything when a fixed port is taken (0 means: pick a free one)."""
+    if options.api_port:
+        check_port_free("127.0.0.1", options.api_port)
+    if options.mlflow and options.mlflow_port:
+        check_port_free("127.0.0.1", options.mlflow_port)
+
+
+def new_state(directory: Path) -> dict[str, Any]:
+    """The state of a sandbox that has nothing running yet."""
+    return {
+        "directory": str(directory),
+        "components": [],
+        "kubeconfig": str(directory / "kubeconfig"),
+        "operator_kubeconfig": str(directory / "operator.kubeconfig"),
+    }
+
+
+def make_credentials(launch: Launch) -> None:
+    """Fresh tokens for the user, the operator and the runtime; the cluster CA (kept across runs).
+
+    The API server reads the tokens as kube-apiserver reads ``--token-auth-file``; the runtime
+    its own from a file; the two kubeconfigs are written once the server's URL is known.
+    """
+    from mlops_operator.sandbox.apiserver import sandbox_tokens, write_token_auth_file
+    from mlops_operator.sandbox.apiserver.certificates import Certificates
+
+    tokens = sandbox_tokens()
+    write_token_auth_file(launch.auth / "tokens.csv", tokens)
+    for role, token in tokens.items():
+        path = launch.auth / f"{role}.token"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(token)
+    Certificates.load_or_generate(launch.auth / "tls")
+
+
+def start_apiserver(launch: Launch, crds: Path) -> str:
+    """Start the emulated API server with the CRDs; write the kubeconfigs; its URL."""
+    from mlops_operator.sandbox.apiserver import write_kubeconfig
+
+    url_file = launch.directory / "run" / "apiserver.url"
+    url_file.parent.mkdir(parents=True, exist_ok=True)
+    log = launch.logs / "apiserver.log"
+    command = apiserver_command(
+        "127.0.0.1", launch.options.api_port, crds, url_file, launch.auth / "tokens.csv", launch.auth / "tls"
+    )
+    process = _spawn(command, log)
+    launch.record("apiserver", process, log)
+    url = _wait("the API server", process, log, lambda: _read(url_file), launch.options.timeout)
+    launch.state["components"][-1]["url"] = url
+    launch.state["server"] = url
+    ca = (launch.auth / "tls" / "ca.crt").read_bytes()
+    write_kubeconfig(launch.kubeconfig, url, ca=ca, token=(launch.auth / "admin.token").read_text())
+    write_kubeconfig(
+        launch.operator_kubeconfig,
+        url,
+        ca=ca,
+        token=(launch.auth / "operator.token").read_text(),
+        user="mlops-operator",
+    )
+    launch.save()
+    return url
+
+
+def start_runtime(launch: Launch, server: str) -> str:
+    """Start the runtime (it runs the pods) against ``server``; the network it gives pods."""
+    log = launch.logs / "runtime.log"
+    ready_file = launch.directory / "run" / "runtime.ready"
+    command = runtime_command(
+        server, launch.directory, ready_file, launch.auth / "runtime.token", launch.auth / "tls" / "ca.crt"
+    )
+    process = _spawn(command, log)
+    launch.record("runtime", process, log)
+    _wait(
+        "the runtime", process, log, lambda: "ready" if ready_file.exists() else None, launch.options.timeout
+    )
+    return ready_file.read_text().strip()  # the runtime's network: "pods on 127.K.0.2-254, ..."
+
+
+def start_mlflow(launch: Launch) -> str:
+    """Start the MLflow server (SQLite and artifacts under ``DIR/mlflow``); its URL."""
+    log = launch.logs / "mlflow.log"
+    mlflow = MlflowServer(launch.directory / "mlflow", port=launch.options.mlflow_port)
+    process = mlflow.start(log)
+    launch.record("mlflow", process, log, mlflow.url)
+    _wait(
+        "mlflow",
+        process,
+        log,
+        lambda: mlflow.url if _http_ok(f"{mlflow.url}/health") else None,
+        launch.options.timeout,
+    )
+    launch.state["mlflow_uri"] = mlflow.url
+    launch.save()
+    return mlflow.url
+
+
+def build_operator_env(
+    kubeconfig: Path,
+    *,
+    metrics_port: int,
+    liveness_port: int,
+    mlflow_uri: str | None,
+    reconcile_interval: str,
+) -> dict[str, str]:
+    """The operator's environment in the sandbox (added to this process's); no MLflow URI without MLflow."""
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "MLOPS_METRICS_PORT": str(metrics_port),
+        "MLOPS_LIVENESS_PORT": str(liveness_port),
+        "MLOPS_RECONCILE_INTERVAL": reconcile_interval,
+    }
+    if mlflow_uri is not None:
+        env["MLOPS_MLFLOW_TRACKING_URI"] = mlflow_uri
+    return env
+
+
+def start_operator(launch: Launch) -> str:
+    """Start the operator against the sandbox (and its MLflow, if any); where its metrics are."""
+    log = launch.logs / "operator.log"
+    liveness, metrics = free_port(), free_port()
+    env = build_operator_env(
+        launch.operator_kubeconfig,
+        metrics_port=metrics,
+        liveness_port=liveness,
+        mlflow_uri=launch.state.get("mlflow_uri", "") if launch.options.mlflow else None,
+        # Interactive use wants status that follows within seconds, not the cluster default
+        # of 30 s; an explicit setting still wins.
+        reconcile_interval=os.environ.get("MLOPS_RECONCILE_INTERVAL", "5"),
+    )
+    process = _spawn(operator_command(), log, env)
+    launch.record("operator", process, log, f"http://127.0.0.1:{metrics}/metrics")
+    health = f"http://127.0.0.1:{liveness}/healthz"
+    _wait("the operator", process, log, lambda: health if _http_ok(health) else None, launch.options.timeout)
+    return f"metrics http://127.0.0.1:{metrics}/metrics"
 
 
 def _read(path: Path) -> str | None:
@@ -360,3 +472,28 @@ def down(directory: Path, err: TextIO = sys.stderr) -> bool:
 
 def status(directory: Path) -> list[tuple[Component, bool]]:
     return [(component, component.alive()) for component in components(read_state(directory.resolve()))]
+
+
+def restart_operator(directory: Path, *, kill: int = signal.SIGKILL, timeout: float = 60.0) -> Component:
+    """Kill the sandbox's operator with ``kill`` (SIGKILL: no cleanup at all) and start it again.
+
+    What a crashed or evicted operator pod goes through; the new process must resume every
+    object from what the cluster holds.
+    """
+    directory = directory.resolve()
+    state = read_state(directory)
+    listed = {component.name: component for component in components(state)}
+    old = listed.get("operator")
+    if old is None or not running_components(directory):
+        raise SandboxError(f"the sandbox in {directory} runs no operator")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(old.pid, kill)
+    deadline = time.monotonic() + timeout
+    while old.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state["components"] = [entry for entry in state["components"] if entry["name"] != "operator"]
+    launch = Launch(
+        directory, Options(directory=directory, mlflow="mlflow_uri" in state, timeout=timeout), state
+    )
+    start_operator(launch)
+    return components(launch.state)[-1]

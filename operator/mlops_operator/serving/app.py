@@ -33,8 +33,7 @@ from mlops_operator import __version__
 from mlops_operator.serving import feedback, v2
 from mlops_operator.serving.batching import Batcher, Runner
 from mlops_operator.serving.model import ServedModel
-from mlops_operator.serving.telemetry import HttpMetrics, MonitorLike, ObservationFeed
-from mlops_operator.serving.validation import (
+from mlops_operator.serving.request_validation import (
     InputSchema,
     RequestError,
     dumps,
@@ -42,6 +41,7 @@ from mlops_operator.serving.validation import (
     parse_feedback,
     parse_predict,
 )
+from mlops_operator.serving.telemetry import HttpMetrics, MonitorLike, ObservationFeed
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mlops_operator.monitoring.profile import ReferenceProfile
+from mlops_operator.monitoring.reference_profile import ReferenceProfile
 
 logger = logging.getLogger(__name__)
 

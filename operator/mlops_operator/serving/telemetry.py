@@ -1,6 +1,6 @@
 """The server's side of monitoring: HTTP metrics and a buffered feed into the online monitor.
 
-Metric names are defined in :mod:`mlops_operator.monitoring.metrics` (one source of truth);
+Metric names are defined in :mod:`mlops_operator.monitoring.server_metrics` (one source of truth);
 this module only binds them to the server's registry and caches labelled children, so that
 counting a response costs two dictionary lookups and two increments.
 """
@@ -35,7 +35,7 @@ class HttpMetrics:
     """Request count and latency by endpoint and status code, for one model version."""
 
     def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
-        from mlops_operator.monitoring.metrics import RequestRecorder, ServerMetrics
+        from mlops_operator.monitoring.server_metrics import RequestRecorder, ServerMetrics
 
         # Not ServerMetrics.attach: requests are counted from the first probe on, before a
         # model (and its monitor, which attaches its own gauges) exists.

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_operator.serving.validation import (
+from mlops_operator.serving.request_validation import (
     _NUMBER_TYPES,
     MAX_ID_LENGTH,
     FloatArray,

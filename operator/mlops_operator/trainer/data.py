@@ -19,7 +19,7 @@ from typing import Any, Final
 import pandas as pd
 
 from mlops_operator.api.trainingjob import Dataset
-from mlops_operator.trainer.errors import TrainerError
+from mlops_operator.trainer.trainer_errors import TrainerError
 
 #: Default bound on the bytes read from a dataset URI (override: ``MLOPS_DATASET_MAX_BYTES``).
 DEFAULT_MAX_BYTES: Final = 512 * 1024 * 1024

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.trainer.data_validation import Task
 from mlops_operator.trainer.fit import metrics_for, score
-from mlops_operator.trainer.validation import Task
 
 #: Decimal places of metrics in the termination message, ModelVersion and tags.
 METRIC_PLACES: Final = 4

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from mlops_operator.api.trainingjob import Estimator, Search
-from mlops_operator.trainer.errors import TrainerError
-from mlops_operator.trainer.validation import Columns, Task
+from mlops_operator.trainer.data_validation import Columns, Task
+from mlops_operator.trainer.trainer_errors import TrainerError
 
 CLASSIFIERS: Final = frozenset(
     {

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import importlib.resources
-import json
 from typing import Any
 
 from .errors import FieldError
+from .kmock_adapter import bundled_discovery
 from .schema import StructuralSchema
 
 JsonDict = dict[str, Any]
@@ -66,8 +64,7 @@ class ResourceType:
 
 def load_builtins() -> list[ResourceType]:
     """Builtin resources from the discovery dump kmock ships (a real K3s cluster's answers)."""
-    raw = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
-    lists: list[JsonDict] = json.loads(gzip.decompress(raw))
+    lists = bundled_discovery()
     result: list[ResourceType] = []
     for api_list in lists:
         group_version: str = api_list["groupVersion"]

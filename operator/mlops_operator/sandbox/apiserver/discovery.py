@@ -79,6 +79,15 @@ def api_group_list(types: list[ResourceType]) -> JsonDict:
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
+def _with_aliases(entry: JsonDict, rtype: ResourceType) -> JsonDict:
+    """Add the short names and categories by which kubectl also finds a resource."""
+    if rtype.short_names:
+        entry["shortNames"] = rtype.short_names
+    if rtype.categories:
+        entry["categories"] = rtype.categories
+    return entry
+
+
 def api_resource_list(group: str, version: str, types: list[ResourceType]) -> JsonDict:
     resources: list[JsonDict] = []
     for rtype in sorted(types, key=lambda t: t.plural):
@@ -89,11 +98,7 @@ def api_resource_list(group: str, version: str, types: list[ResourceType]) -> Js
             "kind": rtype.kind,
             "verbs": rtype.verbs,
         }
-        if rtype.short_names:
-            entry["shortNames"] = rtype.short_names
-        if rtype.categories:
-            entry["categories"] = rtype.categories
-        resources.append(entry)
+        resources.append(_with_aliases(entry, rtype))
         if rtype.status:
             resources.append(
                 {
@@ -133,10 +138,7 @@ def _aggregated_resource(rtype: ResourceType) -> JsonDict:
         "singularResource": rtype.singular,
         "verbs": rtype.verbs,
     }
-    if rtype.short_names:
-        entry["shortNames"] = rtype.short_names
-    if rtype.categories:
-        entry["categories"] = rtype.categories
+    _with_aliases(entry, rtype)
     subresources: list[JsonDict] = []
     if rtype.status:
         subresources.append(

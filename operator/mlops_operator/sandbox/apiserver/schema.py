@@ -122,20 +122,14 @@ def to_openapi_v2(schema: Any) -> Any:
     return out
 
 
+# bool before int: a bool is an int in Python, but a "boolean" in JSON.
+_JSON_TYPE_NAMES = (
+    (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"),
+)  # fmt: skip
+
+
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next((name for kind, name in _JSON_TYPE_NAMES if isinstance(value, kind)), "null")
 
 
 class StructuralSchema:

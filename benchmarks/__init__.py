@@ -1,0 +1,1 @@
+"""Benchmarks of mlops-operator (``make bench``): tools that drive load, not part of the package."""

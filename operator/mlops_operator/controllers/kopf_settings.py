@@ -1,0 +1,46 @@
+"""Every kopf setting the operator changes, in one place, and its metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+from mlops_operator import GROUP
+from mlops_operator.config import Settings
+from mlops_operator.controllers.operator_metrics import REGISTRY
+
+FINALIZER = f"{GROUP}/finalizer"
+
+logger = logging.getLogger(__name__)
+
+
+def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """Apply the operator's settings to kopf's.
+
+    - Progress and the last-handled spec live in annotations under ``mlops.dev/``, not in
+      ``status``: the status schema stays strict and ``status`` holds only what users read.
+    - Peering is off (``standalone``): one replica with a Lease-free setup; run one replica.
+    - Watches reconnect every few minutes, so a silently dropped connection is noticed.
+    """
+    kopf_settings.persistence.finalizer = FINALIZER
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    kopf_settings.watching.server_timeout = settings.watch_server_timeout
+    kopf_settings.watching.client_timeout = settings.watch_client_timeout
+    kopf_settings.watching.connect_timeout = 10
+    kopf_settings.queueing.worker_limit = settings.worker_limit
+    kopf_settings.execution.max_workers = max(4, settings.worker_limit)
+    kopf_settings.posting.level = logging.getLevelName(settings.event_level.upper())
+    kopf_settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    kopf_settings.peering.standalone = True
+
+
+def start_metrics_server(port: int) -> None:
+    """Serve the operator's ``/metrics`` on ``port`` (0: off)."""
+    if port:
+        start_http_server(port, registry=REGISTRY)
+        logger.info("metrics on :%d/metrics", port)

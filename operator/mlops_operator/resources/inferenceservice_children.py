@@ -1,0 +1,262 @@
+"""Builders for what an InferenceService owns (pure).
+
+One Deployment and one Service per served model version (``<isvc>-v<version>``), so that a
+stable and a canary version run side by side and each can be observed on its own; one
+stable Service (``<isvc>``) that selects the ready pods of every served version, so that with
+the ``Replicas`` router traffic splits by replica counts; a PodDisruptionBudget when more
+than one replica serves; an HPA per version when ``autoscaling`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops_operator.api.inferenceservice import InferenceServiceSpec
+from mlops_operator.resources.meta import child_name, labels, owner_reference
+from mlops_operator.resources.pods import restricted_container_security, restricted_pod_security
+
+CONTAINER = "server"
+PORT = 8080
+SERVICE_PORT = 80
+COMPONENT = "predictor"
+
+
+def predictor_name(isvc: str, version: str) -> str:
+    return child_name(isvc, f"v{version}")
+
+
+def _pod_selector(owner: dict[str, Any], version: str | None = None) -> dict[str, str]:
+    selector = {
+        "mlops.dev/inferenceservice": owner["metadata"]["name"],
+        "app.kubernetes.io/component": COMPONENT,
+    }
+    if version is not None:
+        selector["mlops.dev/model-version"] = version
+    return selector
+
+
+def selector_string(owner: dict[str, Any]) -> str:
+    """The label selector of all the service's pods (the scale subresource reports it)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(_pod_selector(owner).items()))
+
+
+def choose_runtime(requested: str) -> str:
+    """``auto`` picks uvicorn: measured on this project's benchmark it has the lower tail
+    latency for every model class we serve (see BENCHMARKS.md); BentoML when asked for."""
+    return "uvicorn" if requested == "auto" else requested
+
+
+def _server_args(
+    spec: InferenceServiceSpec, model_uri: str, version: str, sha256: str | None, runtime: str
+) -> list[str]:
+    drift = spec.monitoring.drift
+    args = [
+        f"--model-uri={model_uri}",
+        f"--port={PORT}",
+        f"--runtime={runtime}",
+        f"--model-name={spec.model.name}",
+        f"--model-version={version}",
+    ]
+    if sha256:
+        args.append(f"--expected-sha256={sha256}")
+    if spec.monitoring.enabled:
+        args += [
+            f"--drift-method={drift.method}",
+            f"--drift-threshold={drift.threshold}",
+            f"--drift-window={drift.window}",
+            f"--drift-min-samples={drift.min_samples}",
+            f"--drift-share={drift.drift_share}",
+            f"--accuracy-window={spec.monitoring.accuracy.window}",
+        ]
+    else:
+        args.append("--no-monitoring")
+    server = spec.server
+    if server is not None:
+        for flag, value in (
+            ("--max-batch-size", server.max_batch_size),
+            ("--max-batch-wait-ms", server.max_batch_wait_ms),
+            ("--max-inflight", server.max_inflight),
+            ("--max-body-bytes", server.max_body_bytes),
+        ):
+            if value is not None:
+                args.append(f"{flag}={value}")
+    return args
+
+
+def build_predictor_deployment(
+    owner: dict[str, Any],
+    spec: InferenceServiceSpec,
+    *,
+    version: str,
+    model_uri: str,
+    sha256: str | None,
+    image: str,
+    mlflow_tracking_uri: str,
+    replicas: int | None,
+    runtime: str,
+    role: str = "stable",
+    image_pull_policy: str = "IfNotPresent",
+) -> dict[str, Any]:
+    """The Deployment serving one model version. ``replicas`` None: left to the HPA."""
+    name = predictor_name(owner["metadata"]["name"], version)
+    pod_labels = {
+        **labels(owner, COMPONENT, model=spec.model.name, model_version=version),
+        **_pod_selector(owner, version),
+    }
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": ["mlops-operator", "serve"],
+        "args": _server_args(spec, model_uri, version, sha256, runtime),
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            # Request ids carry this, so /feedback reaches the replica that made the prediction.
+            {"name": "MLOPS_SERVE_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{PORT}"},
+            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "MLOPS_SERVE_DOWNLOAD_DIR", "value": "/tmp/model"},
+        ],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # Ready means the model is downloaded, verified and loaded (the server answers 503 before).
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+            "timeoutSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+            "timeoutSeconds": 2,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if spec.resources is not None:
+        container["resources"] = spec.resources.to_api()
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": _pod_selector(owner, version)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": owner["metadata"].get("namespace", "default"),
+            "labels": dict(pod_labels),
+            "annotations": {"mlops.dev/role": role, "mlops.dev/model-uri": model_uri},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": deployment_spec,
+    }
+
+
+def _service(
+    owner: dict[str, Any], name: str, selector: dict[str, str], component: str, **extra: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": owner["metadata"].get("namespace", "default"),
+            "labels": labels(owner, component, **extra),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_version_service(owner: dict[str, Any], version: str) -> dict[str, Any]:
+    """The Service of one version's pods (analysis and debugging talk to one version)."""
+    name = predictor_name(owner["metadata"]["name"], version)
+    return _service(owner, name, _pod_selector(owner, version), COMPONENT, model_version=version)
+
+
+def build_stable_service(owner: dict[str, Any], only_version: str | None = None) -> dict[str, Any]:
+    """The Service users call: every ready pod of every served version, or of ``only_version``.
+
+    With the ``Replicas`` router a canary takes traffic by having ready pods behind this
+    Service; until its first step (and after an abort) the selector names the stable version
+    alone, so a candidate pod that becomes ready gets no request before the analysis allows it.
+    """
+    return _service(owner, owner["metadata"]["name"], _pod_selector(owner, only_version), "endpoint")
+
+
+def build_pdb(owner: dict[str, Any], replicas: int) -> dict[str, Any] | None:
+    """Keep at least one pod through voluntary disruptions, when there is more than one."""
+    if replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": owner["metadata"]["name"],
+            "namespace": owner["metadata"].get("namespace", "default"),
+            "labels": labels(owner, COMPONENT),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _pod_selector(owner)}},
+    }
+
+
+def build_hpa(owner: dict[str, Any], spec: InferenceServiceSpec, version: str) -> dict[str, Any] | None:
+    if spec.autoscaling is None:
+        return None
+    name = predictor_name(owner["metadata"]["name"], version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": owner["metadata"].get("namespace", "default"),
+            "labels": labels(owner, COMPONENT, model_version=version),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": spec.autoscaling.min_replicas,
+            "maxReplicas": spec.autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": spec.autoscaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def service_url(owner: dict[str, Any]) -> str:
+    meta = owner["metadata"]
+    return f"http://{meta['name']}.{meta.get('namespace', 'default')}.svc.cluster.local"
