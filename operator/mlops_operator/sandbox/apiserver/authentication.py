@@ -154,7 +154,7 @@ def unauthorized() -> ApiError:
     return ApiError(401, "Unauthorized", "Unauthorized")
 
 
-#: An authorizer: (allowed, reason). ``rbac.Authorizer.authorize`` has this shape too.
+#: An authorizer: (allowed, reason). An ``rbac.Authorizer`` is one (calling it authorizes).
 Authorize = Callable[[RequestAttributes], tuple[bool, str]]
 
 
