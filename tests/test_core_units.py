@@ -180,3 +180,25 @@ def test_desired_patch_removes_a_service_selector_key_the_operator_no_longer_set
         "spec": {"selector": {"app": "iris", "mlops.dev/model-version": None}}
     }
     assert desired["spec"] == {"selector": {"app": "iris"}}  # the desired object is left alone
+
+
+def test_an_event_redone_from_the_same_status_has_the_same_name() -> None:
+    """A run killed between posting its Events and writing its status is redone: no second copy."""
+    from mlops_operator.controllers.object_events import build_event, occurrence_of
+
+    body = {"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "u-1"}}  # fmt: skip
+    event = ("Normal", "CanaryStep", "version 2 receives 25% of traffic (step 2 of 3)")
+    before = {"rollout": {"phase": "Progressing", "step": 0}}
+    first = build_event(body, event, occurrence_of(before), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    again = build_event(
+        body, event, occurrence_of(dict(before)), dt.datetime(2026, 1, 1, 0, 5, tzinfo=dt.UTC)
+    )
+    assert first["metadata"]["name"] == again["metadata"]["name"]
+    assert first["involvedObject"] == {"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService",
+                                       "name": "iris", "namespace": "ml", "uid": "u-1"}  # fmt: skip
+    later = occurrence_of({"rollout": {"phase": "Progressing", "step": 1}})
+    assert (
+        build_event(body, event, later, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))["metadata"]["name"]
+        != first["metadata"]["name"]
+    )

@@ -180,14 +180,14 @@ def test_canary_resumes_without_repeating_or_skipping_when_the_operator_is_kille
         api.patch("InferenceService", "iris", {"spec": {"model": {"version": second}}})
         killed_at: list[int] = []
         while True:
-            rollout = wait_for(
-                lambda: (
-                    (r := _rollout(api)).get("phase") in ("Succeeded", "RolledBack", "Failed")
-                    or ((r.get("canaryWeight") and r.get("canaryWeight") not in killed_at) and r)
-                ),
-                timeout=150,
-                message="the next canary step",
-            )
+
+            def next_step() -> dict[str, Any] | None:
+                r = _rollout(api)
+                terminal = r.get("phase") in ("Succeeded", "RolledBack", "Failed")
+                new_step = r.get("canaryWeight") and r.get("canaryWeight") not in killed_at
+                return r if terminal or new_step else None
+
+            rollout = wait_for(next_step, timeout=150, message="the next canary step")
             if rollout.get("phase") in ("Succeeded", "RolledBack", "Failed"):
                 break
             killed_at.append(int(rollout["canaryWeight"]))

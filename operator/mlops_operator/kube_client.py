@@ -68,15 +68,22 @@ class NotFound(Exception):
     """The object does not exist (a domain error: callers decide whether that is fine)."""
 
 
+class AlreadyExists(kopf.TemporaryError):
+    """A create found an object of that name (409 AlreadyExists; retried like any conflict)."""
+
+
 def _api_error(exc: ApiException, what: str) -> Exception:
     """Map an API error to kopf's Temporary/Permanent errors, keeping the server's message."""
     try:
-        message = json.loads(exc.body or "{}").get("message") or exc.reason
+        parsed = json.loads(exc.body or "{}")
+        message, reason = parsed.get("message") or exc.reason, parsed.get("reason")
     except (ValueError, AttributeError):
-        message = exc.reason
+        message, reason = exc.reason, None
     status = exc.status or 0
     if status == 404:
         return NotFound(f"{what}: {message}")
+    if status == 409 and reason == "AlreadyExists":
+        return AlreadyExists(f"{what}: HTTP 409: {message}", delay=RETRY_DELAY)
     if status in (409, 429) or status >= 500 or status == 0:
         return kopf.TemporaryError(f"{what}: HTTP {status}: {message}", delay=RETRY_DELAY)
     return kopf.PermanentError(f"{what}: HTTP {status}: {message}")

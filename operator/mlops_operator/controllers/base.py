@@ -5,7 +5,8 @@ new ``status`` (it may call the API through ``ctx.kube`` to converge children). 
 wraps it for kopf: it parses the spec into the pydantic model (an invalid spec becomes
 ``Ready=False, reason=InvalidSpec`` with the field named, a Warning Event once, and no
 retries), serialises reconciliations of one object (event handlers and timers may overlap),
-writes ``status`` only when it changed, and posts an Event whenever a condition flips.
+writes ``status`` only when it changed, and posts an Event whenever a condition flips (once,
+even when the operator dies in between: :mod:`object_events`).
 
 Status is read fresh and written through the ``/status`` subresource *inside* the per-object
 lock, not through kopf's ``patch``: kopf applies ``patch`` after the handler returns, so a
@@ -18,15 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import kopf
 from pydantic import BaseModel
 
 from mlops_operator.config import Settings
 from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.conditions import set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
+from mlops_operator.controllers.object_events import occurrence_of, post_events
 from mlops_operator.controllers.operator_metrics import reconcile_metrics
 from mlops_operator.kube_client import Kube
 
@@ -200,13 +201,11 @@ def _write(
     events: list[tuple[str, str, str]],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
-    """Patch the changed status fields (merge patch: None deletes), then post the Events."""
-    changes: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
-    for key in old.keys() - new.keys():
-        changes[key] = None
-    if changes:
-        meta = body["metadata"]
-        kube.patch_status(kind, meta.get("namespace"), meta["name"], changes)
+    """Post the Events, then patch the changed status fields (merge patch: None deletes).
+
+    Events first, under names derived from ``old`` (see :mod:`object_events`): a run killed
+    between the two is redone from the same status, and its Events are not posted twice.
+    """
     # A condition flip whose reason a controller's own Event already tells (with more detail)
     # is not told twice.
     told = {reason for _, reason, _ in events}
@@ -215,8 +214,10 @@ def _write(
         for event in _condition_events(old.get("conditions") or [], new.get("conditions") or [])
         if event[1] not in told
     ]
-    for type_, reason, message in flips + events:
-        try:
-            kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
-        except Exception:  # an Event is best effort; never fail a reconciliation over it
-            logger.warning("could not post Event %s: %s", reason, message)
+    post_events(kube, body, flips + events, occurrence_of(old), logger)
+    changes: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
+    for key in old.keys() - new.keys():
+        changes[key] = None
+    if changes:
+        meta = body["metadata"]
+        kube.patch_status(kind, meta.get("namespace"), meta["name"], changes)

@@ -60,6 +60,15 @@ def login(logger: Logger, **_: Any) -> kopf.ConnectionInfo:
     return connection_info(credentials)
 
 
+def _reconcile_handler(kind: str, model: type[Any], reconciler: Any) -> Any:
+    """The kopf handler that runs ``reconciler`` for objects of ``kind`` (one per kind)."""
+
+    def reconcile(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+        base.reconcile(kind, model, reconciler, body=body, logger=logger, collaborators=memo["collaborators"])
+
+    return reconcile
+
+
 def register(
     settings: Settings,
     *,
@@ -88,50 +97,26 @@ def register(
     def liveness_probe(**_: Any) -> str:
         return "ok"
 
-    @kopf.on.resume(GROUP, VERSION, TJ, id="reconcile-resume", registry=registry)
-    @kopf.on.create(GROUP, VERSION, TJ, id="reconcile-create", registry=registry)
-    @kopf.on.update(GROUP, VERSION, TJ, id="reconcile-update", registry=registry)
-    @kopf.on.update(
-        GROUP, VERSION, TJ, id="run-request", field=("metadata", "annotations"), registry=registry
-    )
-    @kopf.timer(GROUP, VERSION, TJ, interval=interval, id="reconcile-timer", registry=registry)
-    def reconcile_trainingjob(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
-        base.reconcile(
-            "TrainingJob",
-            TrainingJobSpec,
-            trainingjob_reconciler.reconcile,
-            body=body,
-            logger=logger,
-            collaborators=memo["collaborators"],
+    kinds: list[tuple[str, str, type[Any], Any]] = [
+        (TJ, "TrainingJob", TrainingJobSpec, trainingjob_reconciler.reconcile),
+        (MV, "ModelVersion", ModelVersionSpec, modelversion_reconciler.reconcile),
+        (ISVC, "InferenceService", InferenceServiceSpec, inferenceservice_reconciler.reconcile),
+    ]
+    for plural, kind, model, reconciler in kinds:
+        reconcile = _reconcile_handler(kind, model, reconciler)
+        # Level-based: the same reconcile on create, spec change, resume and every interval.
+        kopf.on.resume(GROUP, VERSION, plural, id="reconcile-resume", registry=registry)(reconcile)
+        kopf.on.create(GROUP, VERSION, plural, id="reconcile-create", registry=registry)(reconcile)
+        kopf.on.update(GROUP, VERSION, plural, id="reconcile-update", registry=registry)(reconcile)
+        kopf.timer(GROUP, VERSION, plural, interval=interval, id="reconcile-timer", registry=registry)(
+            reconcile
         )
-
-    @kopf.on.resume(GROUP, VERSION, MV, id="reconcile-resume", registry=registry)
-    @kopf.on.create(GROUP, VERSION, MV, id="reconcile-create", registry=registry)
-    @kopf.on.update(GROUP, VERSION, MV, id="reconcile-update", registry=registry)
-    @kopf.timer(GROUP, VERSION, MV, interval=interval, id="reconcile-timer", registry=registry)
-    def reconcile_modelversion(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
-        base.reconcile(
-            "ModelVersion",
-            ModelVersionSpec,
-            modelversion_reconciler.reconcile,
-            body=body,
-            logger=logger,
-            collaborators=memo["collaborators"],
-        )
-
-    @kopf.on.resume(GROUP, VERSION, ISVC, id="reconcile-resume", registry=registry)
-    @kopf.on.create(GROUP, VERSION, ISVC, id="reconcile-create", registry=registry)
-    @kopf.on.update(GROUP, VERSION, ISVC, id="reconcile-update", registry=registry)
-    @kopf.timer(GROUP, VERSION, ISVC, interval=interval, id="reconcile-timer", registry=registry)
-    def reconcile_inferenceservice(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
-        base.reconcile(
-            "InferenceService",
-            InferenceServiceSpec,
-            inferenceservice_reconciler.reconcile,
-            body=body,
-            logger=logger,
-            collaborators=memo["collaborators"],
-        )
+        if plural in (TJ, ISVC):
+            # A run request (TrainingJob) or a rollout command (InferenceService) is an
+            # annotation: act on it at once rather than at the next timer tick.
+            kopf.on.update(
+                GROUP, VERSION, plural, id="annotations", field=("metadata", "annotations"), registry=registry
+            )(reconcile)
 
     @kopf.on.delete(GROUP, VERSION, TJ, id="forget", optional=True, registry=registry)
     @kopf.on.delete(GROUP, VERSION, MV, id="forget", optional=True, registry=registry)

@@ -1,8 +1,9 @@
 """The sandbox's kube-proxy: a TCP proxy per Service port, on the Service's ClusterIP.
 
-Each accepted connection goes to the next ready backend, round-robin, so a Service selecting one
-pod of version A and three of version B sends about a quarter of its connections to A: replica
-weighted canaries behave as in a cluster. A backend that refuses the connection is skipped.
+Each accepted connection goes to a ready backend picked at random (as kube-proxy's default
+iptables mode does), so a Service selecting one pod of version A and three of version B sends
+about a quarter of its connections to A: replica weighted canaries behave as in a cluster. A
+backend that refuses the connection is skipped.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
+import random
 from collections.abc import Iterable
 
 from mlops_operator.sandbox.services import Backend, Route
@@ -35,7 +36,7 @@ class _Listener:
         self.address = (route.cluster_ip, route.port)
         self.backends: tuple[Backend, ...] = route.backends
         self.error: str | None = None
-        self._counter = itertools.count()
+        self._random = random.Random()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -63,9 +64,13 @@ class _Listener:
                 await self._server.wait_closed()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        # A random endpoint per connection, as kube-proxy's default (iptables) mode picks one: a
+        # round robin would send every other connection of a client that alternates two kinds of
+        # request (a prediction, then its feedback) to the same pod.
         backends = self.backends
-        for _ in range(len(backends)):
-            host, port = backends[next(self._counter) % len(backends)]
+        start = self._random.randrange(len(backends)) if backends else 0
+        for offset in range(len(backends)):
+            host, port = backends[(start + offset) % len(backends)]
             try:
                 return await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
             except (OSError, TimeoutError):
