@@ -32,6 +32,7 @@ from mlops_operator.sandbox.apiserver import (
 from tests.fixtures_sandbox import Api, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+SANDBOX_CRDS = ROOT / "operator" / "mlops_operator" / "sandbox" / "crds"
 
 
 def _without_cel(node: Any) -> Any:
@@ -74,6 +75,8 @@ def running_operator(tmp: pathlib.Path, reconcile_interval: float = 1) -> Iterat
     crds.mkdir()
     for path in (ROOT / "crds").glob("*.yaml"):
         (crds / path.name).write_text(yaml.safe_dump(_without_cel(yaml.safe_load(path.read_text()))))
+    for path in SANDBOX_CRDS.glob("*.yaml"):  # the Gateway API's HTTPRoute, as the sandbox serves it
+        (crds / path.name).write_text(path.read_text())
     tokens = sandbox_tokens()
     server = ApiServerThread(crds_dir=crds, authenticator=sandbox_authenticator(tokens)).start()
     # The operator reads its token from a file, as a pod reads its projected ServiceAccount token:

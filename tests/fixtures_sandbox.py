@@ -225,9 +225,9 @@ def _runtime_config(directory: pathlib.Path) -> RuntimeConfig:
     )  # fmt: skip
 
 
-def _crds_dir() -> pathlib.Path | None:
-    crds = REPO / "crds"
-    return crds if any(crds.glob("*.yaml")) else None
+def _crds_dir(directory: pathlib.Path) -> pathlib.Path:
+    """What ``sandbox up`` serves: our CRDs and the Gateway API's HTTPRoute."""
+    return manager.default_crds(directory)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """API server + runtime in threads of this process; pods are real processes on 127.0.0.N."""
     directory = tmp_path_factory.mktemp("sandbox")
     tokens = sandbox_tokens()
-    apiserver = ApiServerThread(crds_dir=_crds_dir(), authenticator=sandbox_authenticator(tokens)).start()
+    apiserver = ApiServerThread(
+        crds_dir=_crds_dir(directory), authenticator=sandbox_authenticator(tokens)
+    ).start()
     try:
         runtime = RuntimeThread(
             apiserver.url, _runtime_config(directory), tokens["runtime"], apiserver.certificates.ca

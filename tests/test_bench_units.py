@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from benchmarks.serving_bench import parse_wrk
 
@@ -32,3 +34,13 @@ def test_parse_wrk_counts_only_successful_requests(extra: str, rps: float, error
     assert parsed_rps == pytest.approx(rps)
     assert p50 == pytest.approx(0.00595) and p99 == pytest.approx(0.57943)
     assert parsed_errors == errors
+
+
+def test_the_rollout_section_replaces_itself_and_keeps_the_rest(tmp_path: Path) -> None:
+    from benchmarks.rollout_bench import write_section
+
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\n## Serving\n\nnumbers\n")
+    write_section(path, "## Rollouts\n\nfirst\n")
+    write_section(path, "## Rollouts\n\nsecond\n")
+    assert path.read_text() == "# Benchmarks\n\n## Serving\n\nnumbers\n\n## Rollouts\n\nsecond\n"

@@ -46,6 +46,8 @@ SCENARIOS: dict[str, list[str]] = {
         "metrics.prometheusRule.enabled=true",
         "--set",
         "mlflow.enabled=true",
+        "--set",
+        "argocd.healthChecks.enabled=true,grafana.dashboard.enabled=true",
     ],
     # Bring-your-own ServiceAccount and RBAC, no metrics or probe ports.
     "minimal": [
@@ -151,6 +153,7 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
                 "ServiceMonitor",
                 "PrometheusRule",
                 "PersistentVolumeClaim",
+                "ConfigMap",
             },
         ),
     ],
@@ -197,6 +200,35 @@ def test_service_monitor_scrapes_the_operator_metrics_service() -> None:
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] in {p["name"] for p in _container(_operator_deployment("everything"))["ports"]}
+
+
+def test_argocd_health_configmap_holds_each_script_verbatim() -> None:
+    configmap = _one(render("everything"), "ConfigMap", f"{RELEASE}-mlops-operator-argocd-health")
+    scripts = {
+        f"resource.customizations.health.mlops.dev_{path.parent.name}": path.read_text()
+        for path in (CHART / "argocd" / "mlops.dev").glob("*/health.lua")
+    }
+    assert len(scripts) == 3
+    assert configmap["data"] == scripts
+
+
+def test_grafana_dashboard_configmap_is_labelled_for_the_sidecar() -> None:
+    configmap = _one(render("everything"), "ConfigMap", f"{RELEASE}-mlops-operator-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(configmap["data"]["mlops-operator.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "mlops-operator.json").read_text())
+
+
+def test_packaged_chart_leaves_out_the_health_check_fixtures(tmp_path: Path) -> None:
+    result = _run_helm("package", str(CHART), "--destination", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    import tarfile
+
+    (archive,) = tmp_path.glob("*.tgz")
+    with tarfile.open(archive) as tgz:
+        names = tgz.getnames()
+    assert any(name.endswith("InferenceService/health.lua") for name in names)
+    assert not [name for name in names if "testdata" in name or name.endswith("health_test.yaml")]
 
 
 def test_prometheus_rule_has_the_shape_prometheus_operator_reads() -> None:

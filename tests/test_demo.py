@@ -6,6 +6,7 @@ other sandbox may be running while it does.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,45 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "DriftDetected=True" in out and "Degraded=True(AccuracyBelowThreshold)" in out
     assert "Done: every stage happened." in out
     assert "every process the sandbox started is stopped" in out
+    check_report(directory / "report", out)
+
+
+#: The demo's stages, in order, as timeline.json names them.
+STAGES = [
+    "train",
+    "validate",
+    "serve",
+    "predict",
+    "steady",
+    "skewed",
+    "retrain",
+    "canary",
+    "bad_candidate",
+    "recover",
+]
+
+
+def check_report(report: Path, out: str) -> None:
+    """The report folder: its path on the last line, timeline.json with every stage, a PNG."""
+    assert (
+        out.strip().splitlines()[-1]
+        == f"Report: {report.resolve()}/timeline.json and {report.resolve()}/demo.png"
+    )
+    timeline = json.loads((report / "timeline.json").read_text())
+    assert timeline["outcome"] == "passed"
+    stages = {stage["key"]: stage for stage in timeline["stages"]}
+    assert [key for key in stages if key in STAGES] == STAGES
+    for key in STAGES:
+        stage = stages[key]
+        assert stage["outcome"] == "passed" and 0 <= stage["start"] <= stage["end"], stage
+        assert stage["numbers"], f"stage {key} recorded no numbers"
+    assert stages["canary"]["numbers"]["stepWeights"] == [10, 25, 50]
+    assert stages["bad_candidate"]["numbers"]["rolledBack"] == "AnalysisFailed"
+    kinds = {event["kind"] for event in timeline["events"]}
+    assert {"retrain-requested", "version-validated", "canary-step", "promoted", "rolled-back"} <= kinds
+    served = {s["version"] for sample in timeline["samples"] for s in sample["served"]}
+    assert {"1", "2", "3"} <= served, "the samples show every version that served traffic"
+    assert any(sample["accuracy"] is not None for sample in timeline["samples"])
+    assert any((sample["driftShare"] or 0) > 0.5 for sample in timeline["samples"])
+    png = (report / "demo.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import kopf
 import pytest
 from kopf.testing import KopfRunner
 
@@ -38,6 +37,7 @@ from mlops_operator.controllers.handlers import register
 from mlops_operator.sandbox.apiserver import ApiServerThread, write_kubeconfig
 from mlops_operator.sandbox.apiserver.authentication import Authenticator, RequestAttributes, UserInfo
 from mlops_operator.sandbox.apiserver.rbac import Authorizer, UnusedGrant
+from mlops_operator.sandbox.manager import default_crds
 from tests.fixtures_operator import events_for, example, finish_job, make_ready, validated_model_version
 from tests.fixtures_sandbox import Api, wait_for, wait_for_condition
 from tests.test_chart import NAMESPACE, RELEASE, render
@@ -122,6 +122,7 @@ class NamespacedApi(Api):
 
 HPA = ("autoscaling/v2", "horizontalpodautoscalers")
 PDB = ("policy/v1", "poddisruptionbudgets")
+HTTP_ROUTE = ("gateway.networking.k8s.io/v1", "httproutes")
 TRAINER_RESULT = {
     "status": "Succeeded",
     "modelName": "iris-classifier",
@@ -246,7 +247,7 @@ def autoscale(api: NamespacedApi) -> None:
 
 
 def route(api: NamespacedApi) -> None:
-    """traffic.router GatewayAPI: this release says it is not available (and makes no HTTPRoute)."""
+    """traffic.router GatewayAPI: an HTTPRoute made, moved to another Gateway, then given up."""
     manifest = example(
         "iris-inferenceservice.yaml", model={"name": "routed-model", "version": "1"}, replicas=1
     )
@@ -254,7 +255,16 @@ def route(api: NamespacedApi) -> None:
     manifest["spec"].pop("retraining")
     manifest["spec"]["traffic"] = {"router": "GatewayAPI", "gateway": "public"}
     api.create(manifest)
-    wait_for(lambda: events_for(api, "routed", "GatewayAPINotAvailable"), message="GatewayAPINotAvailable")
+    wait_for(lambda: api.read(HTTP_ROUTE, "routed"), message="the HTTPRoute")
+    api.patch("InferenceService", "routed", {"spec": {"traffic": {"gateway": "internal"}}})
+    wait_for(
+        lambda: (
+            (_spec(api.read(HTTP_ROUTE, "routed")).get("parentRefs") or [{}])[0].get("name") == "internal"
+        ),
+        message="the HTTPRoute moved to the internal Gateway",
+    )
+    api.patch("InferenceService", "routed", {"spec": {"traffic": {"router": "Replicas", "gateway": None}}})
+    wait_for(lambda: api.read(HTTP_ROUTE, "routed") is None, message="the HTTPRoute removed")
 
 
 def delete(api: NamespacedApi) -> None:
@@ -299,21 +309,13 @@ def _operator_identity(rendered: tuple[dict[str, Any], ...]) -> tuple[UserInfo, 
     return UserInfo.service_account(NAMESPACE, pod["serviceAccountName"]), args[1:]
 
 
-def _poll_stopping_timers_often(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf releases a deleted object only once its timers have stopped, and checks a timer whose
-    handler was running at the deletion every ``cancellation_polling`` seconds (60 by default):
-    with the 1 s reconcile timer here, a deletion would often wait a minute. Not what this test
-    is about; the operator's own settings (kopf_settings.configure) keep kopf's default."""
-    settings.background.cancellation_polling = 0.5
-
-
 def run_audit(mode: str, tmp: Path) -> Audit:
     """Run the operator as the chart would, drive every scenario, return what it asked for."""
     rendered = render(mode)
     operator, scope_args = _operator_identity(rendered)
     admin_token, operator_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     authenticator = Authenticator({admin_token: UserInfo.admin(), operator_token: operator})
-    server = ApiServerThread(crds_dir=ROOT / "crds", authenticator=authenticator).start()
+    server = ApiServerThread(crds_dir=default_crds(tmp), authenticator=authenticator).start()
     ca = server.certificates.ca
     kubeconfig = write_kubeconfig(tmp / "kubeconfig", server.url, token=operator_token, ca=ca)
     settings = Settings(
@@ -333,7 +335,6 @@ def run_audit(mode: str, tmp: Path) -> Audit:
         # The chart's scope arguments (--all-namespaces, or --namespace=X per watched namespace)
         # are kopf's own: the operator watches exactly what it would in the cluster.
         registry = register(settings)
-        kopf.on.startup(registry=registry)(_poll_stopping_timers_often)
         with (
             KopfRunner(["run", "--standalone", *scope_args], registry=registry, timeout=60) as runner,
             ThreadPoolExecutor(len(NAMESPACES)) as pool,

@@ -159,13 +159,18 @@ def _train_version(api: Api) -> str:
     return str(tj["status"]["lastRun"]["modelVersion"])
 
 
+@pytest.fixture(scope="module")
+def two_versions(sandbox_up: Sandbox) -> tuple[str, str]:
+    """Two trained, Validated versions of iris-classifier."""
+    sandbox_up.api.create(_trainingjob())
+    return _train_version(sandbox_up.api), _train_version(sandbox_up.api)
+
+
 def test_canary_resumes_without_repeating_or_skipping_when_the_operator_is_killed_at_every_step(
-    sandbox_up: Sandbox,
+    sandbox_up: Sandbox, two_versions: tuple[str, str]
 ) -> None:
     api = sandbox_up.api
-    api.create(_trainingjob())
-    first = _train_version(api)
-    second = _train_version(api)
+    first, second = two_versions
     api.create(_service(first))
     wait_for(
         lambda: ((api.get("InferenceService", "iris") or {}).get("status", {}).get("stable") or {}).get(
@@ -222,3 +227,47 @@ def test_canary_resumes_without_repeating_or_skipping_when_the_operator_is_kille
         assert COMMAND_ANNOTATION not in (back["metadata"].get("annotations") or {})
     finally:
         traffic.close()
+
+
+@pytest.mark.parametrize("router", ["Replicas", "GatewayAPI"])
+def test_the_measured_split_matches_the_reported_weight(
+    sandbox_up: Sandbox, two_versions: tuple[str, str], router: str
+) -> None:
+    api = sandbox_up.api
+    first, second = two_versions
+    name = f"split-{router.lower()}"
+    manifest = _service(first)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["traffic"] = {"router": router}
+    manifest["spec"]["rollout"]["analysis"].update(interval="10m", stepWeights=[25, 50])  # hold at 25%
+    api.create(manifest)
+    wait_for(
+        lambda: ((api.get("InferenceService", name) or {}).get("status", {}).get("stable") or {}).get(
+            "readyReplicas"
+        ),
+        timeout=120,
+        message=f"{name} serving",
+    )
+    api.patch("InferenceService", name, {"spec": {"model": {"version": second}}})
+    canary = wait_for(
+        lambda: (
+            (s := (api.get("InferenceService", name) or {}).get("status", {})).get("canary", {}).get("weight")
+            and s["canary"]["readyReplicas"] >= 1
+            and s["canary"]
+        ),
+        timeout=120,
+        message="the canary at its first step",
+    )
+    reported = canary["weight"] / 100
+    service = api.get("Service", name) or {}
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    versions = []
+    with httpx.Client(base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+        for _ in range(400):  # a new connection each: both routers split connections
+            versions.append(
+                http.post("/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}).json()["model_version"]
+            )
+    measured = versions.count(second) / len(versions)
+    sigma = (reported * (1 - reported) / len(versions)) ** 0.5
+    assert abs(measured - reported) <= 4 * sigma, (router, measured, reported)
+    api.delete("InferenceService", name)

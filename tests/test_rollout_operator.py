@@ -64,6 +64,15 @@ def events_for(api: Api, name: str, reason: str) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
 
+def wait_for_phase(api: Api, name: str, phase: str, *, timeout: float, message: str) -> dict[str, Any]:
+    """The InferenceService once its rollout reaches ``phase``."""
+    return wait_for(
+        lambda: rollout_of(api, name).get("phase") == phase and api.get("InferenceService", name),
+        timeout=timeout,
+        message=message,
+    )
+
+
 def rollout_of(api: Api, name: str) -> dict[str, Any]:
     return dict(((api.get("InferenceService", name) or {}).get("status") or {}).get("rollout") or {})
 
@@ -88,14 +97,7 @@ def test_a_good_canary_is_promoted_step_by_step(cluster: Cluster, traffic: Traff
     serving_stable(cluster, "good", traffic, "1")
     pin(cluster, "good", "2")
     start_pod(cluster, traffic, "good", "2")
-    done = wait_for(
-        lambda: (
-            rollout_of(cluster, "good").get("phase") == "Succeeded"
-            and cluster.get("InferenceService", "good")
-        ),
-        timeout=60,
-        message="the canary promoted",
-    )
+    done = wait_for_phase(cluster, "good", "Succeeded", timeout=60, message="the canary promoted")
     assert done["status"]["stable"]["modelVersion"] == "2"
     steps = [e["message"] for e in events_for(cluster, "good", "CanaryStep")]
     assert [m.split(" receives ")[1].split("%")[0] for m in steps] == ["10", "50"], steps
@@ -109,14 +111,7 @@ def test_a_canary_with_a_high_error_rate_is_rolled_back(cluster: Cluster, traffi
     serving_stable(cluster, "errors", traffic, "1")
     pin(cluster, "errors", "2")
     start_pod(cluster, traffic, "errors", "2", error_rate=0.2)
-    rolled = wait_for(
-        lambda: (
-            rollout_of(cluster, "errors").get("phase") == "RolledBack"
-            and cluster.get("InferenceService", "errors")
-        ),
-        timeout=60,
-        message="the canary rolled back",
-    )
+    rolled = wait_for_phase(cluster, "errors", "RolledBack", timeout=60, message="the canary rolled back")
     assert rolled["status"]["rollout"]["reason"] == "AnalysisFailed"
     warning = events_for(cluster, "errors", "RolledBack")[-1]
     assert warning["type"] == "Warning"
@@ -135,13 +130,8 @@ def test_a_canary_with_poor_live_accuracy_is_rolled_back(cluster: Cluster, traff
     serving_stable(cluster, "accuracy", traffic, "1")
     pin(cluster, "accuracy", "2")
     start_pod(cluster, traffic, "accuracy", "2", accuracy=0.6, labels=20)
-    rolled = wait_for(
-        lambda: (
-            rollout_of(cluster, "accuracy").get("phase") == "RolledBack"
-            and cluster.get("InferenceService", "accuracy")
-        ),
-        timeout=60,
-        message="the canary rolled back on accuracy",
+    rolled = wait_for_phase(
+        cluster, "accuracy", "RolledBack", timeout=60, message="the canary rolled back on accuracy"
     )
     assert "accuracy" in rolled["status"]["rollout"]["message"]
     assert rolled["status"]["stable"]["modelVersion"] == "1"
@@ -168,14 +158,7 @@ def test_a_crash_looping_canary_is_aborted_with_the_pods_reason(cluster: Cluster
         content=json.dumps({"status": status}),
         headers={"Content-Type": "application/merge-patch+json"},
     ).raise_for_status()
-    failed = wait_for(
-        lambda: (
-            rollout_of(cluster, "crashy-canary").get("phase") == "Failed"
-            and cluster.get("InferenceService", "crashy-canary")
-        ),
-        timeout=30,
-        message="the rollout failed",
-    )
+    failed = wait_for_phase(cluster, "crashy-canary", "Failed", timeout=30, message="the rollout failed")
     assert failed["status"]["rollout"]["reason"] == "CrashLoopBackOff"
     assert "sha256 mismatch" in failed["status"]["rollout"]["message"]
     assert (
@@ -222,13 +205,41 @@ def test_commands_from_the_annotation_are_carried_out_and_cleared(cluster: Clust
     )
     command("rollback")
     start_pod(cluster, traffic, "manual", "1")  # version 1's Deployment is back: play kubelet again
-    back = wait_for(
-        lambda: (
-            rollout_of(cluster, "manual").get("phase") == "RolledBack"
-            and cluster.get("InferenceService", "manual")
-        ),
-        timeout=30,
-        message="the manual rollback",
-    )
+    back = wait_for_phase(cluster, "manual", "RolledBack", timeout=30, message="the manual rollback")
     assert back["status"]["stable"]["modelVersion"] == "1"
     assert [e["modelVersion"] for e in back["status"]["history"] if e.get("rolledBackAt")] == ["2"]
+
+
+def test_the_gateway_api_router_splits_by_route_weights(cluster: Cluster, traffic: Traffic) -> None:
+    manifest = canary_service("routed", "1")
+    manifest["spec"]["traffic"] = {"router": "GatewayAPI"}
+    cluster.create(manifest)
+    start_pod(cluster, traffic, "routed", "1")
+    route_path = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/routed"
+
+    def backends() -> list[tuple[str, int]]:
+        response = cluster.http.get(route_path)
+        if response.status_code != 200:
+            return []
+        rules = response.json()["spec"]["rules"]
+        return [(ref["name"], ref["weight"]) for ref in rules[0]["backendRefs"]]
+
+    wait_for(lambda: backends() == [("routed-v1", 100)], message="a route to version 1")
+    route = cluster.http.get(route_path).json()
+    # No Gateway named: the route attaches to the stable Service (a mesh applies it: GAMMA).
+    assert route["spec"]["parentRefs"] == [{"group": "", "kind": "Service", "name": "routed", "port": 80}]
+    assert route["metadata"]["ownerReferences"][0]["name"] == "routed"
+
+    pin(cluster, "routed", "2")
+    start_pod(cluster, traffic, "routed", "2")
+    wait_for(lambda: backends() == [("routed-v1", 90), ("routed-v2", 10)], message="the first step at 10%")
+    status = (cluster.get("InferenceService", "routed") or {})["status"]
+    assert status["canary"]["weight"] == 10 and status["router"] == "GatewayAPI"
+    # The stable Service keeps to the stable version: callers outside the mesh are not split.
+    assert (cluster.get("Service", "routed") or {})["spec"]["selector"]["mlops.dev/model-version"] == "1"
+    wait_for(lambda: backends() == [("routed-v1", 50), ("routed-v2", 50)], timeout=30, message="50%")
+    wait_for_phase(cluster, "routed", "Succeeded", timeout=60, message="promoted")
+    wait_for(lambda: backends() == [("routed-v2", 100)], message="the route to version 2 alone")
+
+    cluster.patch("InferenceService", "routed", {"spec": {"traffic": {"router": "Replicas"}}})
+    wait_for(lambda: cluster.http.get(route_path).status_code == 404, message="the HTTPRoute removed")

@@ -199,6 +199,47 @@ def test_replica_weighted_split(sandbox: Sandbox) -> None:
     assert 0.15 <= counts["a"] / 400 <= 0.35, counts
 
 
+def test_an_http_route_splits_by_its_weights_not_by_pods(sandbox: Sandbox) -> None:
+    """traffic.router GatewayAPI in the sandbox: an HTTPRoute attached to a Service (GAMMA)
+    sends each connection to a backend Service by relative weight, whatever the pod counts."""
+    a = deployment("route-a", replicas=3, labels={"app": "route", "track": "a"})
+    b = deployment("route-b", replicas=1, labels={"app": "route", "track": "b"})
+    a["spec"]["template"]["spec"]["containers"][0]["env"][2]["value"] = "a"
+    b["spec"]["template"]["spec"]["containers"][0]["env"][2]["value"] = "b"
+    for obj in (
+        a,
+        b,
+        service("route-a", {"track": "a", "app": "route"}),
+        service("route-b", {"track": "b", "app": "route"}),
+    ):
+        sandbox.api.create(obj)
+    sandbox.api.create(service("route", {"app": "route"}))  # alone it would send 3 in 4 connections to "a"
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "route", "namespace": "default"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "route", "port": 8080}],
+            "rules": [{"backendRefs": [{"name": "route-a", "port": 8080, "weight": 20},
+                                       {"name": "route-b", "port": 8080, "weight": 80}]}],
+        },
+    }  # fmt: skip
+    response = sandbox.api.http.post(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes", json=route
+    )
+    assert response.status_code == 201, response.text
+    wait_for(lambda: ready_replicas(sandbox, "route-a", 3), timeout=30, message="a ready")
+    wait_for(lambda: ready_replicas(sandbox, "route-b", 1), timeout=30, message="b ready")
+    url = cluster_url(sandbox, "route")
+    wait_for(
+        lambda: {fetch(url)["version"] for _ in range(20)} == {"a", "b"}, message="both backends reached"
+    )
+    # 400 connections: the share of "a" stays within 0.20 +- 0.08 (4 standard deviations).
+    counts = collections.Counter(fetch(url)["version"] for _ in range(400))
+    assert counts["a"] + counts["b"] == 400
+    assert 0.12 <= counts["a"] / 400 <= 0.28, counts
+
+
 def _container_status(sandbox: Sandbox, name: str) -> dict[str, Any] | None:
     pods = pods_of(sandbox, name)
     statuses = pods[0].get("status", {}).get("containerStatuses") if pods else None

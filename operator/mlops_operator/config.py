@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlops_operator import __version__
+from mlops_operator.logging_setup import LogFormat
 
 IMAGE_REGISTRY = "ghcr.io/mlops-operator"
 
@@ -63,7 +64,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between level-based re-reconciliations of each resource (timers).",
     )
-    log_format: str = Field(default="plain", description="Log format: plain or json.")
+    log_format: LogFormat = Field(
+        default="plain",
+        description="Log format of the operator and of the pods it creates: plain, or json (one JSON "
+        "object per line with time, level, logger, message and the resource's namespace/name).",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod

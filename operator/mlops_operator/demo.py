@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from mlops_operator.controllers.conditions import get_condition
+from mlops_operator.demo_report import EVENT_REASONS, DemoRecorder
 from mlops_operator.kube_client import Kube
 
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class Demo:
         self.retrained = ""
         self.sender: tuple[threading.Thread, threading.Event] | None = None
         self.sender_error: Exception | None = None
+        self.report = DemoRecorder()
         rng = np.random.default_rng(7)
         from sklearn.datasets import load_iris
 
@@ -91,17 +93,21 @@ class Demo:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def stage(self, number: int, total: int, title: str, action: Callable[[], str]) -> None:
+    def stage(self, number: int, total: int, key: str, title: str, action: Callable[[], str]) -> None:
         self.say(f"\n[{number}/{total}] {title} ...")
         began = time.monotonic()
+        self.report.stage_started(key, title)
         try:
             detail = action()
         except DemoError as exc:
             self.say(f"  ✗ {title}: {exc}")
+            self.report.stage_finished("failed", str(exc))
             raise
         except Exception as exc:  # anything unexpected still names the stage, then stops the demo
             self.say(f"  ✗ {title}: {type(exc).__name__}: {exc}")
+            self.report.stage_finished("failed", f"{type(exc).__name__}: {exc}")
             raise DemoError(str(exc)) from exc
+        self.report.stage_finished("passed", detail)
         self.say(f"  ✓ {title} ({time.monotonic() - began:.1f}s){': ' + detail if detail else ''}")
 
     # --- helpers ----------------------------------------------------------------------------
@@ -173,11 +179,15 @@ class Demo:
         tj = self.wait_condition("TrainingJob", "iris-train", "Ready", "True", timeout=self.timeout * 2)
         run = tj["status"]["lastRun"]
         metrics = ", ".join(f"{k} {v}" for k, v in sorted((run.get("metrics") or {}).items()))
+        self.report.note(
+            run=run["name"], modelVersion=run.get("modelVersion"), metrics=run.get("metrics") or {}
+        )
         return f"run {run['name']} registered iris-classifier version {run.get('modelVersion')} ({metrics})"
 
     def validate(self) -> str:
         name = self.get("TrainingJob", "iris-train")["status"]["latestModelVersion"]
         mv = self.wait_condition("ModelVersion", name, "Validated", "True")
+        self.report.note(modelVersion=name, gateResults=mv["status"].get("gateResults") or [])
         gates = "; ".join(
             f"{g['metric']} {g.get('threshold', '')} -> {g.get('value', '-')} {'pass' if g['passed'] else 'FAIL'}"
             for g in mv["status"].get("gateResults") or []
@@ -196,6 +206,8 @@ class Demo:
         )
         service = self.get("Service", "iris")
         self.url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+        self.report.note(modelVersion=isvc["status"]["stable"]["modelVersion"], readyReplicas=2)
+        self.report.sample(isvc, self.traffic.sent)
         return f"version {isvc['status']['stable']['modelVersion']} on 2 replicas at {self.url} (in a cluster: {isvc['status']['url']})"
 
     def predict(self) -> str:
@@ -215,6 +227,7 @@ class Demo:
             )
         body = one.json()
         outputs = {o["name"]: o["data"] for o in v2.json()["outputs"]}
+        self.report.note(prediction=body["prediction"], v2Prediction=outputs.get("predict"))
         return f"/predict -> {body['prediction']} (p={max(body['probability']):.2f}); v2 infer -> {outputs.get('predict')}"
 
     def send(self, rounds: int, *, skew: bool) -> None:
@@ -251,6 +264,7 @@ class Demo:
             monitoring = isvc.get("status", {}).get("monitoring") or {}
             drift = self.condition("InferenceService", "iris", "DriftDetected")
             degraded = self.condition("InferenceService", "iris", "Degraded")
+            self.report.sample(isvc, self.traffic.sent)
             row = (
                 monitoring.get("samples"),
                 monitoring.get("driftShare"),
@@ -285,6 +299,7 @@ class Demo:
 
         isvc = self.timeline(healthy, "monitoring to report Ok with accuracy")
         monitoring = isvc["status"]["monitoring"]
+        self._note_monitoring(monitoring)
         return f"no drift (share {monitoring['driftShare']}), accuracy {monitoring['accuracy']}"
 
     def skewed(self) -> str:
@@ -299,10 +314,22 @@ class Demo:
         isvc = self.timeline(degraded, "DriftDetected=True and Degraded=AccuracyBelowThreshold")
         drift = get_condition(isvc["status"]["conditions"], "DriftDetected") or {}
         bad = get_condition(isvc["status"]["conditions"], "Degraded") or {}
+        self._note_monitoring(isvc["status"].get("monitoring") or {})
+        self.report.note(driftDetected=drift.get("message"), degraded=bad.get("reason"))
         return f"{drift.get('message')}; {bad.get('message')}"
+
+    def _note_monitoring(self, monitoring: dict[str, Any]) -> None:
+        self.report.note(
+            driftShare=monitoring.get("driftShare"),
+            driftedFeatures=monitoring.get("driftedFeatures") or [],
+            accuracy=monitoring.get("accuracy"),
+            labelledSamples=monitoring.get("labelledSamples"),
+            rowsSent=self.traffic.sent,
+        )
 
     def retrain(self) -> str:
         def retrained() -> dict[str, Any] | None:
+            self.report.sample(self.get("InferenceService", "iris"), self.traffic.sent)
             tj = self.get("TrainingJob", "iris-train")
             runs = [r for r in tj.get("status", {}).get("runs") or [] if r.get("trigger") == "Retrain"]
             return (
@@ -323,6 +350,7 @@ class Demo:
         version = tj["status"]["lastRun"]["modelVersion"]
         self.wait_condition("ModelVersion", name, "Validated", "True")
         self.retrained = version
+        self.report.note(reason=requested, run=tj["status"]["lastRun"]["name"], modelVersion=version)
         return f"run {tj['status']['lastRun']['name']} ({requested}) -> {name} Validated against production (version 1)"
 
     # --- rollouts ---------------------------------------------------------------------------
@@ -360,6 +388,7 @@ class Demo:
             if self.sender_error is not None:
                 raise DemoError(f"the demo's traffic failed: {self.sender_error}")
             isvc = self.get("InferenceService", "iris")
+            self.report.sample(isvc, self.traffic.sent)
             status = isvc.get("status", {})
             rollout = status.get("rollout") or {}
             if rollout.get("candidate") != candidate and rollout.get("target") != candidate:
@@ -408,6 +437,7 @@ class Demo:
                 f"version {version} was not promoted: {rollout.get('phase')}: {rollout.get('message')}"
             )
         weights = [m.split(" receives ")[1].split("%")[0] for m in steps]
+        self.report.note(modelVersion=version, stepWeights=[int(w) for w in weights], promoted=True)
         if weights != [str(w) for w in DEMO_ROLLOUT["analysis"]["stepWeights"]]:
             raise DemoError(
                 f"expected the canary steps {DEMO_ROLLOUT['analysis']['stepWeights']}, saw {weights}"
@@ -462,6 +492,13 @@ class Demo:
         if (isvc["status"].get("stable") or {}).get("modelVersion") != stable:
             raise DemoError(f"version {stable} should serve after the rollback")
         self.stop_background_traffic()
+        self.report.note(
+            modelVersion=version,
+            offlineAccuracy=offline,
+            rolledBack=rollout.get("reason"),
+            failedChecks=rollout.get("failedChecks"),
+            stableVersion=stable,
+        )
         return f"{rollout.get('message')}; version {stable} keeps serving"
 
     def events(self, name: str, reason: str) -> list[dict[str, Any]]:
@@ -505,7 +542,18 @@ class Demo:
         with httpx.Client(base_url=self.url, timeout=10) as client:
             answer = client.post("/predict", json={"features": [5.9, 3.0, 5.1, 1.8]})
         new = next(name for name in ready if name not in {p["metadata"]["name"] for p in pods})
+        self.report.note(deleted=victim, replacement=new, readyReplicas=2)
         return f"deleted pod {victim}; {new} replaced it, 2/2 ready; /predict -> {answer.json().get('prediction')}"
+
+    def collect_events(self) -> None:
+        """The loop's events as the cluster recorded them (before the sandbox stops)."""
+        assert self.kube is not None
+        events = [
+            e
+            for e in self.kube.list("Event", NAMESPACE)
+            if e.get("involvedObject", {}).get("name") == "iris" and e.get("reason") in EVENT_REASONS
+        ]
+        self.report.add_cluster_events(events, self.kube.list("ModelVersion", NAMESPACE))
 
     def stop(self) -> str:
         from mlops_operator.sandbox import manager
@@ -530,36 +578,48 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     demo = Demo(args.dir, sys.stdout, args.timeout)
     demo.say("mlops-operator demo: train, validate, serve, monitor, on this machine (no cluster, no Docker)")
-    stages: list[tuple[str, Callable[[], str]]] = [
-        ("start the sandbox (API server, runtime, MLflow, operator)", demo.start),
-        ("train iris: TrainingJob iris-train", demo.train),
-        ("validate: the run's ModelVersion passes its gates", demo.validate),
-        ("serve: InferenceService iris on 2 replicas", demo.serve),
-        ("predict: /predict and Open Inference Protocol v2", demo.predict),
-        ("steady traffic with correct labels", demo.steady),
-        ("skewed traffic with wrong labels: drift and accuracy move", demo.skewed),
-        ("the loop closes: retrain and validate a new version", demo.retrain),
-        ("the new version rolls out as a canary, step by step, judged on live traffic", demo.canary),
+    stages: list[tuple[str, str, Callable[[], str]]] = [
+        ("start", "start the sandbox (API server, runtime, MLflow, operator)", demo.start),
+        ("train", "train iris: TrainingJob iris-train", demo.train),
+        ("validate", "validate: the run's ModelVersion passes its gates", demo.validate),
+        ("serve", "serve: InferenceService iris on 2 replicas", demo.serve),
+        ("predict", "predict: /predict and Open Inference Protocol v2", demo.predict),
+        ("steady", "steady traffic with correct labels", demo.steady),
+        ("skewed", "skewed traffic with wrong labels: drift and accuracy move", demo.skewed),
+        ("retrain", "the loop closes: retrain and validate a new version", demo.retrain),
         (
+            "canary",
+            "the new version rolls out as a canary, step by step, judged on live traffic",
+            demo.canary,
+        ),
+        (
+            "bad_candidate",
             "a version that passed its offline gates but is worse on live traffic is rolled back",
             demo.bad_candidate,
         ),
-        ("a replica is killed and comes back", demo.recover),
+        ("recover", "a replica is killed and comes back", demo.recover),
     ]
     code = 0
     try:
-        for number, (title, action) in enumerate(stages, 1):
-            demo.stage(number, len(stages) + (0 if args.keep else 1), title, action)
+        for number, (key, title, action) in enumerate(stages, 1):
+            demo.stage(number, len(stages) + (0 if args.keep else 1), key, title, action)
     except DemoError:
         code = 1
     finally:
+        if demo.kube is not None:
+            try:
+                demo.collect_events()
+            except Exception as exc:  # the report goes without the cluster's events, and says why
+                demo.say(f"  (the report has no cluster events: {type(exc).__name__}: {exc})")
         if args.keep and code == 0:
             demo.say(f"\nThe sandbox keeps running: mlops-operator sandbox down --dir {args.dir}")
         else:
-            demo.stage(len(stages) + 1, len(stages) + 1, "stop the sandbox", demo.stop)
+            demo.stage(len(stages) + 1, len(stages) + 1, "stop", "stop the sandbox", demo.stop)
     demo.say(
         "\nDone: every stage happened."
         if code == 0
         else "\nThe demo stopped: a stage did not happen (above)."
     )
+    report = demo.report.write(args.dir.resolve() / "report", "passed" if code == 0 else "failed")
+    demo.say(f"Report: {report}/timeline.json and {report}/demo.png")
     return code

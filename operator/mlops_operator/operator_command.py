@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import kopf
 
@@ -17,6 +16,7 @@ from mlops_operator.config import Settings
 from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.handlers import register
 from mlops_operator.credentials import CredentialsError
+from mlops_operator.logging_setup import configure_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,14 +49,11 @@ def settings_from(args: argparse.Namespace, environment: Settings | None = None)
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         collaborators = Collaborators.from_settings(settings)
     except CredentialsError as exc:
-        print(f"mlops-operator run: {exc}", file=sys.stderr)
+        logging.getLogger("mlops_operator").error("mlops-operator run: %s", exc)
         return 1
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     kopf.run(

@@ -103,6 +103,10 @@ http://mlflow.mlops-system.svc:5000
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "delete"]
+# traffic.router GatewayAPI: one HTTPRoute per InferenceService, weighted across versions.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
 # Events: kopf and the operator post core/v1 Events.
 - apiGroups: [""]
   resources: ["events"]

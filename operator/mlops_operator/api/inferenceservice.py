@@ -52,7 +52,10 @@ class Traffic(ApiModel):
         description="Replicas: the stable Service spreads over pods, weights by replica counts. "
         "GatewayAPI: an HTTPRoute with exact weights.",
     )
-    gateway: ObjectName | None = Field(default=None, description="The Gateway an HTTPRoute attaches to.")
+    gateway: ObjectName | None = Field(
+        default=None,
+        description="The Gateway the HTTPRoute attaches to; none: the stable Service (a mesh applies it).",
+    )
 
 
 AnalysisMetricName = Literal["error-rate", "latency-p99", "accuracy", "drift-share", "disagreement"]
@@ -389,6 +392,14 @@ class InferenceServiceStatus(ApiModel):
     monitoring: MonitoringStatus | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=20)] | None = None
     retraining: RetrainingStatus | None = None
+    router: Literal["Replicas", "GatewayAPI"] | None = Field(
+        default=None,
+        description="The traffic router in effect: GatewayAPI falls back to Replicas where the cluster "
+        "serves no HTTPRoute.",
+    )
+    http_route: ObjectName | None = Field(
+        default=None, description="The HTTPRoute the operator manages (traffic.router: GatewayAPI)."
+    )
     production_version: Annotated[str, Field(max_length=16)] | None = Field(
         default=None, description="The version this service last set MLflow's production alias to."
     )

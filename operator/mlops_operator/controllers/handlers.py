@@ -35,7 +35,11 @@ from mlops_operator.controllers import (
 )
 from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.kopf_settings import configure, start_metrics_server
-from mlops_operator.controllers.operator_metrics import forget_rollout_metrics
+from mlops_operator.controllers.operator_metrics import (
+    forget_retrain_metrics,
+    forget_rollout_metrics,
+    forget_trainingjob_metrics,
+)
 from mlops_operator.credentials import CredentialsError, connection_info, load_credentials
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
@@ -128,7 +132,13 @@ def register(
 
     @kopf.on.delete(GROUP, VERSION, ISVC, id="forget-metrics", optional=True, registry=registry)
     def forget_metrics(meta: kopf.Meta, **_: Any) -> None:
-        """Remove the service's rollout series from /metrics."""
+        """Remove the service's rollout and retrain series from /metrics."""
         forget_rollout_metrics(str(meta.get("namespace")), str(meta.get("name")))
+        forget_retrain_metrics(str(meta.get("namespace")), str(meta.get("name")))
+
+    @kopf.on.delete(GROUP, VERSION, TJ, id="forget-metrics", optional=True, registry=registry)
+    def forget_run_metrics(meta: kopf.Meta, **_: Any) -> None:
+        """Remove the TrainingJob's run series from /metrics."""
+        forget_trainingjob_metrics(str(meta.get("namespace")), str(meta.get("name")))
 
     return registry

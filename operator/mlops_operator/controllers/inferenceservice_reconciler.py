@@ -27,8 +27,13 @@ from typing import Any
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.controllers.base import Context
 from mlops_operator.controllers.conditions import Status, is_true, now_iso, set_condition
-from mlops_operator.controllers.operator_metrics import record_rollout_event, set_rollout_metrics
+from mlops_operator.controllers.operator_metrics import (
+    record_retrain_requested,
+    record_rollout_event,
+    set_rollout_metrics,
+)
 from mlops_operator.controllers.trainingjob_runs import RUN_REQUEST_ANNOTATION, RUN_TRIGGER_ANNOTATION
+from mlops_operator.kube_client import NotFound
 from mlops_operator.monitoring.status import summarize
 from mlops_operator.registry.client import (
     ModelVersionNotFound,
@@ -71,7 +76,10 @@ class Target:
 
 
 Verdict = tuple[Status, str, str]  # status, reason, message
-_GATEWAY_NOTE = "traffic.router GatewayAPI is not available in this release: traffic splits by replica counts"
+_NO_GATEWAY_API = (
+    "traffic.router GatewayAPI: this cluster serves no gateway.networking.k8s.io/v1 HTTPRoute "
+    "(install the Gateway API CRDs and an implementation): traffic splits by replica counts meanwhile"
+)
 
 
 class NoModel(Exception):
@@ -158,6 +166,7 @@ def _converge_version(
         runtime=runtime,
         role=role,
         image_pull_policy=settings.image_pull_policy,
+        log_format=settings.log_format,
     )
     live, _ = ctx.kube.apply(deployment)
     ctx.kube.apply(children.build_version_service(ctx.owner, target.version))
@@ -306,6 +315,7 @@ def _retrain(ctx: Context[InferenceServiceSpec], status: dict[str, Any], summary
             "RetrainRequested",
             f"asked TrainingJob {spec.training_job} for a run: {decision.reason}",
         )
+        record_retrain_requested(ctx.namespace, ctx.name, decision.reason)
     if retraining:
         status["retraining"] = retraining
     else:
@@ -381,6 +391,34 @@ def _effective_weight(stable_ready: int, canary_ready: int, canary_selected: boo
     return round(100 * canary_ready / max(1, stable_ready + canary_ready))
 
 
+def _apply_router(
+    ctx: Context[InferenceServiceSpec],
+    status: dict[str, Any],
+    stable_version: str,
+    canary_version: str | None,
+    canary_weight: int,
+) -> str:
+    """Converge the HTTPRoute (GatewayAPI router) or remove the one left from it; the router in effect."""
+    if ctx.spec.traffic.router == "GatewayAPI":
+        route = children.build_http_route(
+            ctx.owner, ctx.spec.traffic.gateway, stable_version, canary_version, canary_weight
+        )
+        try:
+            ctx.kube.apply(route)
+        except NotFound:
+            if status.get("router") != "Replicas":
+                ctx.event("Warning", "GatewayAPINotInstalled", _NO_GATEWAY_API)
+            status["router"] = "Replicas"
+            status.pop("httpRoute", None)
+            return "Replicas"
+        status.update(router="GatewayAPI", httpRoute=ctx.name)
+        return "GatewayAPI"
+    if status.get("httpRoute"):
+        ctx.kube.delete("HTTPRoute", ctx.namespace, str(status.pop("httpRoute")))
+    status["router"] = "Replicas"
+    return "Replicas"
+
+
 def _progressing_condition(rollout: dict[str, Any], stable: str) -> Verdict:
     phase = str(rollout.get("phase") or "Idle")
     message = str(rollout.get("message") or f"serving version {stable}")
@@ -402,8 +440,6 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     versions = _model_versions(ctx)
     stable_version = (status.get("stable") or {}).get("modelVersion")
 
-    if ctx.spec.traffic.router == "GatewayAPI" and ctx.kube.get("Service", ctx.namespace, ctx.name) is None:
-        ctx.event("Warning", "GatewayAPINotAvailable", _GATEWAY_NOTE)  # once: when the service is first built
     pdb = children.build_pdb(ctx.owner, desired)
     if pdb is not None:
         ctx.kube.apply(pdb)
@@ -470,8 +506,17 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
             "candidate",
             replicas=decision.candidate.replicas,
         )
-    # Replicas router: a canary shares the stable Service only from its first step on.
-    share = decision.candidate is not None and canary_weight > 0
+    canary_serving = decision.candidate is not None and canary_weight > 0
+    router = _apply_router(
+        ctx,
+        status,
+        stable_version,
+        decision.candidate.version if canary_serving and decision.candidate else None,
+        canary_weight,
+    )
+    # Replicas router: a canary shares the stable Service only from its first step on. With an
+    # HTTPRoute the stable Service keeps to the stable version (what callers outside the mesh get).
+    share = canary_serving and router == "Replicas"
     ctx.kube.apply(children.build_stable_service(ctx.owner, None if share else stable_version))
     for version in decision.retire:
         _retire(ctx, version)
@@ -500,7 +545,11 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
         else _pods(ctx, stable_version)
     )
     canary_ready = _ready_count(candidate_live)
-    effective = _effective_weight(ready, canary_ready, share)
+    effective = (
+        canary_weight
+        if router == "GatewayAPI" and canary_serving
+        else _effective_weight(ready, canary_ready, share)
+    )
     status["stable"] = {
         "modelVersion": stable_version,
         "deployment": children.predictor_name(ctx.name, stable_version),
@@ -542,8 +591,8 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     progressing = _progressing_condition(decision.rollout, stable_version)
     if no_model is not None and decision.rollout.get("phase") not in IN_PROGRESS:
         progressing = ("False", no_model.reason, f"keeps serving version {stable_version}: {no_model}")
-    if ctx.spec.traffic.router == "GatewayAPI":
-        progressing = (progressing[0], progressing[1], f"{progressing[2]}; {_GATEWAY_NOTE}")
+    if ctx.spec.traffic.router == "GatewayAPI" and router != "GatewayAPI":
+        progressing = (progressing[0], progressing[1], f"{progressing[2]}; {_NO_GATEWAY_API}")
     conditions = set_condition(conditions, "Ready", *ready_condition, generation=generation)
     conditions = set_condition(conditions, "Progressing", *progressing, generation=generation)
 

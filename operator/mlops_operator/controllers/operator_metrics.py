@@ -7,14 +7,28 @@ They mirror controller-runtime's reconcile metrics, so existing dashboards read 
 | ``mlops_reconcile_total`` | counter | kind, result | reconciliations, by result: success, requeue, invalid, error |
 | ``mlops_reconcile_errors_total`` | counter | kind | reconciliations that ended in an error (requeue or error) |
 | ``mlops_reconcile_time_seconds`` | histogram | kind | time spent in one reconciliation |
+
+and, per resource (series removed when it is deleted):
+
+| metric | type | labels | meaning |
+| --- | --- | --- | --- |
+| ``mlops_rollout_phase`` | gauge | namespace, name, phase | 1 for an InferenceService's current rollout phase |
+| ``mlops_rollout_canary_weight`` | gauge | namespace, name | share of requests the canary receives (0..1) |
+| ``mlops_rollout_promotions_total`` | counter | namespace, name | versions promoted |
+| ``mlops_rollout_rollbacks_total`` | counter | namespace, name, reason | rollouts aborted or rolled back |
+| ``mlops_retrains_requested_total`` | counter | namespace, name, reason | runs an InferenceService asked of its TrainingJob (Drift, AccuracyDrop, DriftAndAccuracyDrop) |
+| ``mlops_trainingjob_runs_total`` | counter | namespace, name, result, reason | finished runs of a TrainingJob (result succeeded or failed; reason Succeeded, DataValidationFailed, ...) |
+| ``mlops_trainingjob_run_duration_seconds`` | histogram | namespace, name, result | a finished run's time from start to completion |
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -119,6 +133,86 @@ def forget_rollout_metrics(namespace: str, name: str) -> None:
         _remove(ROLLOUT_ROLLBACKS, *labels)
 
 
+# --- retraining and training runs ------------------------------------------------------------
+
+RETRAINS_REQUESTED = Counter(
+    "mlops_retrains_requested_total",
+    "Runs an InferenceService requested of its retraining TrainingJob, by trigger.",
+    ["namespace", "name", "reason"],
+    registry=REGISTRY,
+)
+TRAININGJOB_RUNS = Counter(
+    "mlops_trainingjob_runs_total",
+    "Finished runs of a TrainingJob, by result (succeeded, failed) and reason.",
+    ["namespace", "name", "result", "reason"],
+    registry=REGISTRY,
+)
+TRAININGJOB_RUN_DURATION = Histogram(
+    "mlops_trainingjob_run_duration_seconds",
+    "Time from a run's start to its completion.",
+    ["namespace", "name", "result"],
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400),
+    registry=REGISTRY,
+)
+
+
+def retrain_reason(reason: str) -> str:
+    """A bounded label from the reason ``rollout/retraining.py`` gives for a retrain.
+
+    That reason is a sentence ("drift in 3 of the last 5 checks and accuracy below ..."); a
+    label must take few values, so only which triggers fired is kept.
+    """
+    drift = "drift" in reason.lower()
+    accuracy = "accuracy" in reason.lower()
+    if drift and accuracy:
+        return "DriftAndAccuracyDrop"
+    if accuracy:
+        return "AccuracyDrop"
+    return "Drift" if drift else "Other"
+
+
+def record_retrain_requested(namespace: str, name: str, reason: str) -> None:
+    """Count one retrain an InferenceService requested (``reason``: the decision's sentence)."""
+    RETRAINS_REQUESTED.labels(namespace, name, retrain_reason(reason)).inc()
+
+
+def forget_retrain_metrics(namespace: str, name: str) -> None:
+    """Remove an InferenceService's retrain series once it is deleted."""
+    for labels in [key for key in _label_sets(RETRAINS_REQUESTED) if key[:2] == (namespace, name)]:
+        _remove(RETRAINS_REQUESTED, *labels)
+
+
+def record_run_finished(namespace: str, name: str, run: dict[str, Any]) -> None:
+    """Count a run seen finished for the first time, and its duration when both times are known.
+
+    ``run`` is a TrainingJob's ``status.runs[]`` entry (phase Succeeded or Failed).
+    """
+    result = "succeeded" if run.get("phase") == "Succeeded" else "failed"
+    TRAININGJOB_RUNS.labels(namespace, name, result, str(run.get("reason") or run.get("phase"))).inc()
+    started, completed = _timestamp(run.get("startTime")), _timestamp(run.get("completionTime"))
+    if started is not None and completed is not None and completed >= started:
+        TRAININGJOB_RUN_DURATION.labels(namespace, name, result).observe(
+            (completed - started).total_seconds()
+        )
+
+
+def forget_trainingjob_metrics(namespace: str, name: str) -> None:
+    """Remove a TrainingJob's series once it is deleted."""
+    for labels in [key for key in _label_sets(TRAININGJOB_RUNS) if key[:2] == (namespace, name)]:
+        _remove(TRAININGJOB_RUNS, *labels)
+    for result in ("succeeded", "failed"):
+        _remove(TRAININGJOB_RUN_DURATION, namespace, name, result)
+
+
+def _timestamp(value: object) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
     """The label values of every series of a counter (read back from what it exports)."""
     return [
@@ -129,6 +223,6 @@ def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
     ]
 
 
-def _remove(metric: Counter | Gauge, *labels: str) -> None:
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)

@@ -14,6 +14,7 @@ from mlops_operator.controllers import trainingjob_runs
 from mlops_operator.controllers.base import Context
 from mlops_operator.controllers.conditions import now_iso, set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError
+from mlops_operator.controllers.operator_metrics import record_run_finished
 from mlops_operator.resources.trainingjob_children import build_model_version, build_training_job, run_name
 
 
@@ -37,6 +38,8 @@ def _observe(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]])
             _register(ctx, run, trainingjob_runs.trainer_result(pods))
         elif run["phase"] == "Failed":
             ctx.event("Warning", run.get("reason", "Failed"), f"run {name} failed: {run.get('message', '')}")
+        if _finished(run):  # first seen finished: later reconciles take it as recorded
+            record_run_finished(ctx.namespace, ctx.name, run)
         observed[name] = run
     for name, previous in recorded.items():
         if name in observed:
@@ -49,6 +52,7 @@ def _observe(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]])
                 "message": f"the Job {name} was deleted before it finished",
                 "completionTime": now_iso(),
             }
+            record_run_finished(ctx.namespace, ctx.name, previous)
         observed[name] = previous  # a finished Job removed by its TTL keeps its record
     return list(observed.values())
 
@@ -80,6 +84,7 @@ def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str
         image=ctx.spec.image or settings.trainer_image,
         mlflow_tracking_uri=settings.mlflow_tracking_uri,
         image_pull_policy=settings.image_pull_policy,
+        log_format=settings.log_format,
     )
     ctx.kube.apply(job)
     ctx.event("Normal", "RunStarted", f"run {job['metadata']['name']} started ({trigger})")

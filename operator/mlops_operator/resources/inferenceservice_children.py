@@ -13,7 +13,11 @@ from typing import Any
 
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.resources.meta import child_name, labels, owner_reference
-from mlops_operator.resources.pods import restricted_container_security, restricted_pod_security
+from mlops_operator.resources.pods import (
+    log_format_env,
+    restricted_container_security,
+    restricted_pod_security,
+)
 
 CONTAINER = "server"
 PORT = 8080
@@ -96,8 +100,13 @@ def build_predictor_deployment(
     runtime: str,
     role: str = "stable",
     image_pull_policy: str = "IfNotPresent",
+    log_format: str = "plain",
 ) -> dict[str, Any]:
-    """The Deployment serving one model version. ``replicas`` None: left to the HPA."""
+    """The Deployment serving one model version. ``replicas`` None: left to the HPA.
+
+    ``log_format`` is the operator's: the server logs the same way (plain is every command's
+    default, so only json is written into the pod).
+    """
     name = predictor_name(owner["metadata"]["name"], version)
     pod_labels = {
         **labels(owner, COMPONENT, model=spec.model.name, model_version=version),
@@ -116,6 +125,7 @@ def build_predictor_deployment(
             {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
             {"name": "HOME", "value": "/tmp"},
             {"name": "MLOPS_SERVE_DOWNLOAD_DIR", "value": "/tmp/model"},
+            *log_format_env(log_format),
         ],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # Ready means the model is downloaded, verified and loaded (the server answers 503 before).
@@ -205,6 +215,45 @@ def build_stable_service(owner: dict[str, Any], only_version: str | None = None)
     alone, so a candidate pod that becomes ready gets no request before the analysis allows it.
     """
     return _service(owner, owner["metadata"]["name"], _pod_selector(owner, only_version), "endpoint")
+
+
+def build_http_route(
+    owner: dict[str, Any],
+    gateway: str | None,
+    stable_version: str,
+    canary_version: str | None,
+    canary_weight: int,
+) -> dict[str, Any]:
+    """The Gateway API HTTPRoute that splits traffic between the versions' Services by weight.
+
+    Attached to ``gateway`` when one is named (north-south traffic through that Gateway);
+    otherwise to the stable Service itself (the GAMMA pattern: a service mesh applies the
+    route to traffic that calls the stable Service). Weights are relative, as the Gateway API
+    defines them: 90 and 10 send a tenth of the requests to the canary.
+    """
+    name = owner["metadata"]["name"]
+    namespace = owner["metadata"].get("namespace", "default")
+    parent: dict[str, Any] = (
+        {"name": gateway} if gateway else {"group": "", "kind": "Service", "name": name, "port": SERVICE_PORT}
+    )
+    backends = [
+        {"name": predictor_name(name, stable_version), "port": SERVICE_PORT, "weight": 100 - canary_weight}
+    ]
+    if canary_version is not None:
+        backends.append(
+            {"name": predictor_name(name, canary_version), "port": SERVICE_PORT, "weight": canary_weight}
+        )
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(owner, "endpoint"),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {"parentRefs": [parent], "rules": [{"backendRefs": backends}]},
+    }
 
 
 def build_pdb(owner: dict[str, Any], replicas: int) -> dict[str, Any] | None:

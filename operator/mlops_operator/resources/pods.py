@@ -28,3 +28,12 @@ def restricted_container_security() -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+#: The environment variable every command reads its log format from (logging_setup.py).
+LOG_FORMAT_ENV = "MLOPS_LOG_FORMAT"
+
+
+def log_format_env(log_format: str) -> list[dict[str, Any]]:
+    """The container env that makes a pod log as the operator does (nothing for plain, the default)."""
+    return [] if log_format == "plain" else [{"name": LOG_FORMAT_ENV, "value": log_format}]

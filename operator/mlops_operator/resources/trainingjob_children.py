@@ -8,7 +8,11 @@ from typing import Any
 from mlops_operator import API_VERSION, __version__
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.resources.meta import child_name, label_value, labels, owner_reference
-from mlops_operator.resources.pods import restricted_container_security, restricted_pod_security
+from mlops_operator.resources.pods import (
+    log_format_env,
+    restricted_container_security,
+    restricted_pod_security,
+)
 
 CONTAINER = "trainer"
 #: The trainer exits with this code when retrying cannot help (bad data, bad spec); the Job's
@@ -32,8 +36,9 @@ def build_training_job(
     mlflow_tracking_uri: str,
     image_pull_policy: str = "IfNotPresent",
     code_version: str = __version__,
+    log_format: str = "plain",
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job of one training run."""
+    """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``)."""
     name = run_name(owner["metadata"]["name"], number)
     namespace = owner["metadata"].get("namespace", "default")
     run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
@@ -48,6 +53,7 @@ def build_training_job(
         {"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         {"name": "MLFLOW_TRACKING_URI", "value": mlflow_tracking_uri},
         {"name": "HOME", "value": "/tmp"},
+        *log_format_env(log_format),
     ]
     for item in spec.dataset.env or []:
         env.append(

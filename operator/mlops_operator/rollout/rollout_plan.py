@@ -436,9 +436,14 @@ def _hold(plan: _Plan, weight: int) -> None:
     plan.weights = {"stable": 100 - weight, "canary": weight}
     steps = plan.spec.rollout.analysis.step_weights
     step = min(int(plan.r.get("step") or 0), len(steps) - 1)
-    plan.candidate = CandidatePlan(
-        candidate, canary_replicas(plan.spec.desired_replicas, weight or steps[step])
+    # The Gateway API router splits by request weight: the canary runs at full size from the
+    # start (its capacity does not limit the split). The Replicas router splits by pods.
+    replicas = (
+        max(1, plan.spec.desired_replicas)
+        if plan.spec.traffic.router == "GatewayAPI"
+        else canary_replicas(plan.spec.desired_replicas, weight or steps[step])
     )
+    plan.candidate = CandidatePlan(candidate, replicas)
 
 
 def _abort(plan: _Plan, phase: str, reason: str, message: str) -> None:

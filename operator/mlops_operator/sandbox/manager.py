@@ -62,10 +62,10 @@ class SandboxError(Exception):
 
 
 def default_crds(directory: Path) -> Path:
-    """The CRDs generated from the installed package's models, written to ``DIR/crds``.
-
-    The same bytes as the repository's ``crds/`` (a test keeps those equal), but available
-    wherever the package is installed, checkout or not.
+    """The CRDs the sandbox serves, written to ``DIR/crds``: ours, generated from the installed
+    package's models (the same bytes as the repository's ``crds/``, a test keeps those equal,
+    but available wherever the package is installed), and the Gateway API's HTTPRoute, which
+    the ``GatewayAPI`` traffic router writes and the sandbox's proxy honours.
     """
     from mlops_operator.api.crdgen import generate
 
@@ -73,6 +73,8 @@ def default_crds(directory: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name, text in generate().items():
         (target / name).write_text(text)
+    for extra in (Path(__file__).parent / "crds").glob("*.yaml"):
+        (target / extra.name).write_text(extra.read_text())
     return target
 
 

@@ -64,6 +64,7 @@ from mlops_operator.sandbox.runtime_client import (
     ENDPOINT_SLICES,
     ENDPOINTS,
     EVENTS,
+    HTTP_ROUTES,
     JOBS,
     NODES,
     PODS,
@@ -77,8 +78,11 @@ from mlops_operator.sandbox.runtime_client import (
 )
 from mlops_operator.sandbox.services import (
     AddressPool,
+    Route,
+    attached_route,
     build_endpoint_slices,
     build_endpoints,
+    route_groups,
     service_routes,
 )
 
@@ -191,7 +195,7 @@ class Runtime:
     async def run(self) -> None:
         async with client_session(self.ca) as session:
             self.client = client = KubeClient(self.server, session, self.token)
-            for resource in (PODS, JOBS, DEPLOYMENTS, SERVICES, CONFIGMAPS, SECRETS):
+            for resource in (PODS, JOBS, DEPLOYMENTS, SERVICES, CONFIGMAPS, SECRETS, HTTP_ROUTES):
                 self.informers[resource.plural] = Informer(client, resource, self.wake)
             tasks = [asyncio.create_task(informer.run()) for informer in self.informers.values()]
             self.kubelet = Kubelet(
@@ -416,10 +420,16 @@ class Runtime:
     async def _sync_endpoints(self) -> None:
         assert self.client is not None
         pods = list(self.cache(PODS).values())
-        routes = []
+        routes: list[Route] = []
         services = self.cache(SERVICES)
+        http_routes = list(self.cache(HTTP_ROUTES).values())
         for key, service in services.items():
-            routes.extend(service_routes(service, pods))
+            attached = attached_route(service, http_routes)
+            groups = route_groups(attached, services, pods) if attached is not None else ()
+            routes.extend(
+                dataclasses.replace(route, groups=groups) if groups else route
+                for route in service_routes(service, pods)
+            )
             if not service.get("spec", {}).get("selector"):
                 continue  # endpoints of a selector-less Service are managed by its user
             endpoints = build_endpoints(service, pods)

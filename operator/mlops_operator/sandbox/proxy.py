@@ -35,6 +35,7 @@ class _Listener:
     def __init__(self, route: Route) -> None:
         self.address = (route.cluster_ip, route.port)
         self.backends: tuple[Backend, ...] = route.backends
+        self.groups: tuple[tuple[int, tuple[Backend, ...]], ...] = route.groups
         self.error: str | None = None
         self._random = random.Random()
         self._server: asyncio.Server | None = None
@@ -67,7 +68,7 @@ class _Listener:
         # A random endpoint per connection, as kube-proxy's default (iptables) mode picks one: a
         # round robin would send every other connection of a client that alternates two kinds of
         # request (a prediction, then its feedback) to the same pod.
-        backends = self.backends
+        backends = self._pick_group() if self.groups else self.backends
         start = self._random.randrange(len(backends)) if backends else 0
         for offset in range(len(backends)):
             host, port = backends[(start + offset) % len(backends)]
@@ -76,6 +77,11 @@ class _Listener:
             except (OSError, TimeoutError):
                 continue
         return None
+
+    def _pick_group(self) -> tuple[Backend, ...]:
+        """An HTTPRoute's backend, chosen by relative weight (per connection)."""
+        weights = [weight for weight, _ in self.groups]
+        return self._random.choices([backends for _, backends in self.groups], weights=weights)[0]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -121,6 +127,7 @@ class ServiceProxy:
                 listener = self._listeners[address] = _Listener(route)
                 await listener.start()
             listener.backends = route.backends
+            listener.groups = route.groups
 
     async def close(self) -> None:
         for listener in self._listeners.values():

@@ -90,11 +90,68 @@ def _target_port(pod: Mapping[str, Any], port: Mapping[str, Any]) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """One listening socket of the proxy: ClusterIP:port -> ready backends."""
+    """One listening socket of the proxy: ClusterIP:port -> ready backends.
+
+    ``groups`` (from an HTTPRoute attached to the Service) replace ``backends``: a connection
+    first picks a group by its relative weight, then a backend in it.
+    """
 
     cluster_ip: str
     port: int
     backends: tuple[Backend, ...]
+    groups: tuple[tuple[int, tuple[Backend, ...]], ...] = ()
+
+
+def _is_core_service_ref(ref: Mapping[str, Any]) -> bool:
+    return str(ref.get("group") or "") == "" and str(ref.get("kind") or "Service") == "Service"
+
+
+def attached_route(
+    service: Mapping[str, Any], routes: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The HTTPRoute (gateway.networking.k8s.io) whose parentRef is this Service, if any (GAMMA)."""
+    meta = service.get("metadata", {})
+    for route in sorted(routes, key=name_of):
+        if route.get("metadata", {}).get("namespace") != meta.get("namespace"):
+            continue
+        for parent in route.get("spec", {}).get("parentRefs") or []:
+            if _is_core_service_ref(parent) and parent.get("name") == meta.get("name"):
+                return route
+    return None
+
+
+def route_groups(
+    route: Mapping[str, Any],
+    services: Mapping[tuple[str, str], Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+) -> tuple[tuple[int, tuple[Backend, ...]], ...]:
+    """The first rule's backendRefs as (weight, ready endpoints of that Service's port) groups.
+
+    The sandbox honours weights and Service backends of the first rule; matches, filters (a
+    RequestMirror among them) and Gateways are not implemented: no Gateway runs here.
+    """
+    namespace = route.get("metadata", {}).get("namespace", "default")
+    rules = route.get("spec", {}).get("rules") or [{}]
+    groups = []
+    for ref in rules[0].get("backendRefs") or []:
+        if not _is_core_service_ref(ref):
+            continue
+        backend = services.get((namespace, str(ref.get("name"))))
+        weight = int(ref.get("weight", 1))
+        if backend is None or weight <= 0:
+            continue
+        for candidate in service_routes(backend, pods):
+            port = next(
+                (
+                    p
+                    for p in backend.get("spec", {}).get("ports") or []
+                    if int(p["port"]) == int(ref.get("port", p["port"]))
+                ),
+                None,
+            )
+            if port is not None and candidate.port == int(port["port"]) and candidate.backends:
+                groups.append((weight, candidate.backends))
+    return tuple(groups)
 
 
 def service_routes(service: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[Route]:
@@ -115,15 +172,21 @@ def service_routes(service: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
     return routes
 
 
+def _resolved_ports(service: Mapping[str, Any], pod: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """The Service's ports as this pod serves them: (name, target port, protocol)."""
+    ports = []
+    for port in service.get("spec", {}).get("ports") or []:
+        target = _target_port(pod, port)
+        if target is not None:
+            ports.append((str(port.get("name", "")), target, str(port.get("protocol", "TCP"))))
+    return ports
+
+
 def build_endpoints(service: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Obj:
     """The ``v1/Endpoints`` object of a Service: subsets grouped by the pods' resolved ports."""
     subsets: dict[tuple[tuple[str, int, str], ...], Obj] = {}
     for pod in sorted(selected_pods(service, pods), key=name_of):
-        ports = []
-        for port in service.get("spec", {}).get("ports") or []:
-            target = _target_port(pod, port)
-            if target is not None:
-                ports.append((str(port.get("name", "")), target, str(port.get("protocol", "TCP"))))
+        ports = _resolved_ports(service, pod)
         key = tuple(ports)
         subset = subsets.setdefault(
             key,
@@ -161,11 +224,7 @@ def build_endpoint_slices(service: Mapping[str, Any], pods: Sequence[Mapping[str
     """
     groups: dict[tuple[tuple[str, int, str], ...], list[Obj]] = {}
     for pod in sorted(selected_pods(service, pods), key=name_of):
-        ports = []
-        for port in service.get("spec", {}).get("ports") or []:
-            target = _target_port(pod, port)
-            if target is not None:
-                ports.append((str(port.get("name", "")), target, str(port.get("protocol", "TCP"))))
+        ports = _resolved_ports(service, pod)
         ready = pod_is_ready(pod)
         endpoint: Obj = {
             "addresses": [pod["status"]["podIP"]],

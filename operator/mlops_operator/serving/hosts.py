@@ -74,6 +74,7 @@ def run_uvicorn(app: ServingApp, sock: socket.socket) -> int:
         lifespan="on",
         access_log=False,
         log_level="info",
+        log_config=None,  # uvicorn's records go through the process's logging (plain or JSON)
         # Behind a Service, connections are long-lived; keep them open across idle gaps.
         timeout_keep_alive=75,
         backlog=2048,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from pydantic import ValidationError
 
+from mlops_operator.logging_setup import configure_logging, log_format_from_env
 from mlops_operator.registry.artifacts import ModelResolutionError, resolve_model
 from mlops_operator.registry.client import bound_http_retries
 from mlops_operator.serving.hosts import PortInUseError, bind_socket, run_bentoml, run_uvicorn
@@ -77,18 +77,20 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
-    print(f"mlops-operator serve: {message}", file=sys.stderr)
+    logger.error("%s", message)
     return code
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the server; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
+        configure_logging(log_format_from_env())
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _fail(f"invalid settings: {problems} (set --model-uri or MLOPS_SERVE_MODEL_URI)", EXIT_USAGE)
+    identity = {"model": settings.model_name or "", "modelVersion": settings.model_version or ""}
+    configure_logging(settings.log_format, static=identity)
     # MLflow's HTTP client retries for minutes by default; a pod should say what is wrong now
     # (its restart policy retries), so keep the defaults short unless the user set them.
     bound_http_retries()
@@ -105,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     except ModelResolutionError as exc:
         sock.close()
         return _fail(str(exc))
+    # From now on every line names the model and version being served (as /metrics labels them).
+    identity = {
+        "model": settings.model_name or resolved.registered_name or "",
+        "modelVersion": settings.model_version or resolved.registered_version or "",
+    }
+    configure_logging(settings.log_format, static=identity)
     logger.info(
         "resolved %s (run %s) to %s, sha256 %s%s",
         settings.model_uri,

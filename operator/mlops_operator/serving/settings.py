@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlops_operator.logging_setup import LOG_FORMAT_ENV, LogFormat
 from mlops_operator.serving.app import ServerConfig
 
 ENV_PREFIX = "MLOPS_SERVE_"
@@ -75,6 +76,11 @@ class ServeSettings(BaseSettings):
     download_dir: str | None = Field(
         default=None, description="Where to download artifacts (default: a temp dir)."
     )
+    log_format: LogFormat = Field(
+        default="plain",
+        validation_alias=AliasChoices(LOG_FORMAT_ENV, "log_format"),
+        description="plain, or json: one JSON object per line (MLOPS_LOG_FORMAT, as every command).",
+    )
     # Set by the CLI for BentoML's workers: artifacts already downloaded and verified.
     resolved_dir: str | None = Field(default=None, description="Internal: verified local model directory.")
 
@@ -96,4 +102,5 @@ class ServeSettings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is not None:
                 env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[LOG_FORMAT_ENV] = env.pop(ENV_PREFIX + "LOG_FORMAT")  # shared by every command
         return env

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import ValidationError
 
 from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.logging_setup import configure_logging, log_format_from_env
 from mlops_operator.trainer.trainer_errors import EXIT_OK, TrainerError
 
 if TYPE_CHECKING:
@@ -101,6 +102,13 @@ class RunContext:
             image=env("MLOPS_IMAGE") or None,
         )
 
+    def log_fields(self) -> dict[str, str]:
+        """What every JSON log line of this run names: its TrainingJob and run (unset ones left out)."""
+        if not self.trainingjob:
+            return {}
+        fields = {"kind": "TrainingJob", "name": self.trainingjob, "run": self.run_name or ""}
+        return {**fields, "namespace": self.namespace or ""}
+
     def experiment_name(self, model_name: str) -> str:
         """``MLFLOW_EXPERIMENT_NAME``, else ``<namespace>/<trainingjob>``, else the model's name."""
         explicit = os.environ.get("MLFLOW_EXPERIMENT_NAME")
@@ -128,10 +136,8 @@ class RunContext:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     context = RunContext.from_env()
+    configure_logging(log_format_from_env(), static=context.log_fields())
     started = time.monotonic()
     try:
         result = train(load_spec(args.spec_file), context, max_dataset_bytes=args.max_dataset_bytes)
@@ -147,7 +153,12 @@ def run(args: argparse.Namespace) -> int:
             "MLflowUnavailable" if is_transient(exc) else "TrainingFailed", f"{type(exc).__name__}: {exc}"
         )
         result, code = failure(error), error.exit_code
-    log.info("finished in %.1fs with exit code %d", time.monotonic() - started, code)
+    log.info(
+        "finished in %.1fs with exit code %d",
+        time.monotonic() - started,
+        code,
+        extra={"model_version": result.get("modelVersion")},
+    )
     emit(result, args.termination_message_path)
     return code
 
