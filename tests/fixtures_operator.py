@@ -22,7 +22,7 @@ from mlops_operator.config import Settings
 from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.handlers import register
 from mlops_operator.kube_client import Kube
-from mlops_operator.registry.client import Registry
+from mlops_operator.registry.mlflow_registry import Registry
 from mlops_operator.sandbox.apiserver import (
     ApiServerThread,
     sandbox_authenticator,

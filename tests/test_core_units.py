@@ -9,13 +9,13 @@ import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from mlops_operator.api.common import parse_duration
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
+from mlops_operator.api.shared_fields import parse_duration
 from mlops_operator.controllers.base import _condition_events
 from mlops_operator.controllers.conditions import get_condition, set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
 from mlops_operator.kube_client import NotFound, _api_error, desired_patch
-from mlops_operator.resources.meta import child_name, label_value, labels, owner_reference
+from mlops_operator.resources.object_meta import child_name, label_value, labels, owner_reference
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(minutes=5)

@@ -139,7 +139,7 @@ print(json.dumps([str(p) for p in model.predict(data)]))
     served = httpx.post(f"{url}/predict", json={"instances": rows}, timeout=10).json()["prediction"]
     assert served == mlflow_predictions
     # What serves is what MLflow's production alias names (gates compare candidates with it).
-    from mlops_operator.registry.client import Registry
+    from mlops_operator.registry.mlflow_registry import Registry
 
     registry = Registry(cluster.mlflow)
     wait_for(

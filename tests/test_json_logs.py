@@ -23,7 +23,7 @@ import pytest
 
 from mlops_operator.config import Settings
 from mlops_operator.logging_setup import JsonLogFormatter, configure_logging, log_format_from_env
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.serve_settings import ServeSettings
 from tests.test_serving_models import (  # noqa: F401  (fixtures)
     LoggedModel,
     iris_model_fixture,

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from mlops_operator.api.common import ValidationGate
 from mlops_operator.api.modelversion import ModelVersionSpec
+from mlops_operator.api.shared_fields import ValidationGate
 from mlops_operator.config import Settings
 from mlops_operator.controllers import modelversion_reconciler
 from mlops_operator.controllers.base import Context
 from mlops_operator.controllers.collaborators import Collaborators
 from mlops_operator.controllers.conditions import get_condition
-from mlops_operator.registry.client import Registry
+from mlops_operator.registry.mlflow_registry import Registry
 from mlops_operator.resources.modelcard import evaluate_gates, render_model_card
 
 

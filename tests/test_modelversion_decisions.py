@@ -25,7 +25,7 @@ from mlops_operator.controllers.modelversion_decisions import (
     get_pinned_version,
     get_production_baseline,
 )
-from mlops_operator.registry.client import VersionInfo
+from mlops_operator.registry.mlflow_registry import VersionInfo
 from mlops_operator.resources.modelcard import evaluate_gates, render_model_card
 
 NOW = dt.datetime(2026, 1, 5, 2, 0, tzinfo=dt.UTC)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from mlops_operator.api.inferenceservice import Monitoring
-from mlops_operator.monitoring.status import summarize
+from mlops_operator.monitoring.monitoring_summary import summarize
 
 SPEC = Monitoring.model_validate(
     {"drift": {"minSamples": 100, "driftShare": "0.5"}, "accuracy": {"min": "0.85"}}

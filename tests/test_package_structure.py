@@ -97,7 +97,7 @@ def test_every_module_name_says_what_it_holds_without_its_folder() -> None:
 #: Where writing the environment is the only way in: BentoML starts its own worker processes,
 #: which receive the server's settings through their environment; MLflow's client reads its HTTP
 #: retry settings only from the environment.
-ENVIRONMENT_HANDOFFS = {"mlops_operator/serving/hosts.py", "mlops_operator/registry/client.py"}
+ENVIRONMENT_HANDOFFS = {"mlops_operator/serving/hosts.py", "mlops_operator/registry/mlflow_registry.py"}
 
 
 def _global_writes(path: pathlib.Path) -> list[str]:

@@ -16,7 +16,7 @@ from mlops_operator.sandbox.deployments import (
     template_hash,
 )
 from mlops_operator.sandbox.jobs import plan_job, pod_failure_action
-from mlops_operator.sandbox.objects import format_time, selector_matches, set_condition
+from mlops_operator.sandbox.object_helpers import format_time, selector_matches, set_condition
 from mlops_operator.sandbox.podspec import (
     ContainerConfigError,
     container_env,

@@ -20,10 +20,10 @@ from mlops_operator.registry.artifacts import (
     ModelNotFoundError,
     resolve_model,
 )
-from mlops_operator.serving.app import ServerConfig, ServingApp
+from mlops_operator.serving.asgi_app import ServerConfig, ServingApp
 from mlops_operator.serving.loader import create_app, load_served_model
-from mlops_operator.serving.model import Calibration, Prediction
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.serve_settings import ServeSettings
+from mlops_operator.serving.served_model import Calibration, Prediction
 from tests.test_serving_models import (  # noqa: F401  (fixtures)
     LoggedModel,
     forest_model_fixture,

@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from mlops_operator.registry.artifacts import resolve_model
 from mlops_operator.serving import feedback
-from mlops_operator.serving.app import ServingApp
+from mlops_operator.serving.asgi_app import ServingApp
 from mlops_operator.serving.loader import create_app
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.serve_settings import ServeSettings
 from tests.test_serving_models import (  # noqa: F401  (fixtures)
     LoggedModel,
     iris_model_fixture,

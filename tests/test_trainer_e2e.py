@@ -132,7 +132,7 @@ def test_iris_end_to_end(mlflow_home: Path) -> None:
     from sklearn.metrics import accuracy_score, f1_score
 
     from mlops_operator.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
-    from mlops_operator.trainer.data import load_sklearn
+    from mlops_operator.trainer.dataset_loading import load_sklearn
 
     code, result, last, _ = run_trainer(mlflow_home, iris_spec("iris-e2e"))
     assert code == 0, result
@@ -221,7 +221,7 @@ def test_regressor_on_diabetes_with_random_search(mlflow_home: Path) -> None:
     import mlflow
     from sklearn.metrics import r2_score
 
-    from mlops_operator.trainer.data import load_sklearn
+    from mlops_operator.trainer.dataset_loading import load_sklearn
 
     spec = iris_spec(
         "diabetes-e2e",

@@ -18,8 +18,8 @@ import pytest
 from mlops_operator.api.trainingjob import Dataset, Search
 from mlops_operator.monitoring.reference_profile import ReferenceProfile
 from mlops_operator.trainer import fit, tracking, train_command
-from mlops_operator.trainer.data import detect_format, load_dataset, load_sklearn, read_bytes
 from mlops_operator.trainer.data_validation import column_kinds, format_problems, validate
+from mlops_operator.trainer.dataset_loading import detect_format, load_dataset, load_sklearn, read_bytes
 from mlops_operator.trainer.profile_builder import build_profile, categorical_profile, numeric_profile
 from mlops_operator.trainer.trainer_errors import TrainerError
 

@@ -31,7 +31,7 @@ import kopf
 import yaml
 
 from mlops_operator import __version__
-from mlops_operator.api.common import parse_duration
+from mlops_operator.api.shared_fields import parse_duration
 from mlops_operator.controllers.trainingjob_runs import ACTIVE, RUN_REQUEST_ANNOTATION, RUN_TRIGGER_ANNOTATION
 from mlops_operator.credentials import DEFAULT_KUBECONFIG, CredentialsError, load_credentials
 from mlops_operator.kube_client import Kube, NotFound

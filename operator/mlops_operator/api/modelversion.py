@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from mlops_operator.api.common import (
+from mlops_operator.api.shared_fields import (
     ApiModel,
     Conditions,
     Decimal_,

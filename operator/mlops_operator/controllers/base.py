@@ -32,7 +32,7 @@ from mlops_operator.controllers.operator_metrics import reconcile_metrics
 from mlops_operator.kube_client import Kube
 
 if TYPE_CHECKING:
-    from mlops_operator.registry.client import Registry
+    from mlops_operator.registry.mlflow_registry import Registry
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 

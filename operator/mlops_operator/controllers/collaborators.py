@@ -17,7 +17,7 @@ from mlops_operator.config import Settings
 from mlops_operator.kube_client import Kube
 
 if TYPE_CHECKING:
-    from mlops_operator.registry.client import Registry
+    from mlops_operator.registry.mlflow_registry import Registry
 
 
 class ObjectLocks:
@@ -53,7 +53,7 @@ class Collaborators:
     @classmethod
     def from_settings(cls, settings: Settings) -> Collaborators:
         """The real clients: the API server from the environment's identity, MLflow from the settings."""
-        from mlops_operator.registry.client import Registry
+        from mlops_operator.registry.mlflow_registry import Registry
 
         return cls(
             settings=settings,

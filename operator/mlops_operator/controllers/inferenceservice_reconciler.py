@@ -34,8 +34,8 @@ from mlops_operator.controllers.operator_metrics import (
 )
 from mlops_operator.controllers.trainingjob_runs import RUN_REQUEST_ANNOTATION, RUN_TRIGGER_ANNOTATION
 from mlops_operator.kube_client import NotFound
-from mlops_operator.monitoring.status import summarize
-from mlops_operator.registry.client import (
+from mlops_operator.monitoring.monitoring_summary import summarize
+from mlops_operator.registry.mlflow_registry import (
     ModelVersionNotFound,
     RegisteredModelNotFound,
     RegistryError,

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from mlops_operator import GROUP
 from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.controllers.conditions import set_condition
-from mlops_operator.registry.client import VersionInfo
+from mlops_operator.registry.mlflow_registry import VersionInfo
 from mlops_operator.resources.modelcard import evaluate_gates, render_model_card
 
 VALIDATED_TAG = f"{GROUP}/validated"

@@ -29,10 +29,14 @@ from mlops_operator.controllers.modelversion_decisions import (
     decide_registry_unavailable,
     get_pinned_version,
 )
-from mlops_operator.registry.client import ModelVersionNotFound, RegisteredModelNotFound, RegistryUnavailable
+from mlops_operator.registry.mlflow_registry import (
+    ModelVersionNotFound,
+    RegisteredModelNotFound,
+    RegistryUnavailable,
+)
 
 if TYPE_CHECKING:
-    from mlops_operator.registry.client import Registry, VersionInfo
+    from mlops_operator.registry.mlflow_registry import Registry, VersionInfo
 
 
 def reconcile(ctx: Context[ModelVersionSpec]) -> dict[str, Any]:

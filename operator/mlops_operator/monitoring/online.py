@@ -91,7 +91,7 @@ from mlops_operator.monitoring.server_metrics import (
 )
 
 MonitorState = Literal["ok", "drift", "insufficient_data", "no_reference"]
-#: The route templates (the ``endpoint`` label) of prediction requests, as ``serving/app.py`` names them.
+#: The route templates (the ``endpoint`` label) of prediction requests, as ``serving/asgi_app.py`` names them.
 PREDICTION_ENDPOINTS = frozenset(
     {"/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
 )

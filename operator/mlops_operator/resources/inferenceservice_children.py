@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
-from mlops_operator.resources.meta import child_name, labels, owner_reference
+from mlops_operator.resources.object_meta import child_name, labels, owner_reference
 from mlops_operator.resources.pods import (
     log_format_env,
     restricted_container_security,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mlops_operator.api.common import ValidationGate
 from mlops_operator.api.modelversion import ModelVersionSpec
+from mlops_operator.api.shared_fields import ValidationGate
 
 
 def _decimal(value: str | None) -> Decimal | None:

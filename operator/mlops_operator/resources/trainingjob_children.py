@@ -7,7 +7,7 @@ from typing import Any
 
 from mlops_operator import API_VERSION, __version__
 from mlops_operator.api.trainingjob import TrainingJobSpec
-from mlops_operator.resources.meta import child_name, label_value, labels, owner_reference
+from mlops_operator.resources.object_meta import child_name, label_value, labels, owner_reference
 from mlops_operator.resources.pods import (
     log_format_env,
     restricted_container_security,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from mlops_operator.api.common import parse_duration
 from mlops_operator.api.inferenceservice import Retraining
+from mlops_operator.api.shared_fields import parse_duration
 
 
 @dataclass(frozen=True)

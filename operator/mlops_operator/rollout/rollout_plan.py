@@ -62,8 +62,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlops_operator.api.common import parse_duration
 from mlops_operator.api.inferenceservice import InferenceServiceSpec
+from mlops_operator.api.shared_fields import parse_duration
 from mlops_operator.rollout.canary_analysis import (
     DEFAULT_METRICS,
     CheckResult,

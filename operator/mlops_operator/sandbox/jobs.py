@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlops_operator.sandbox.objects import (
+from mlops_operator.sandbox.object_helpers import (
     Obj,
     find_condition,
     format_time,

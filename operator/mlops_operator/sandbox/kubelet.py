@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from mlops_operator.sandbox import images, podstatus
-from mlops_operator.sandbox.objects import Obj, format_time, key_of, name_of, namespace_of
+from mlops_operator.sandbox.object_helpers import Obj, format_time, key_of, name_of, namespace_of
 from mlops_operator.sandbox.podspec import (
     ContainerConfigError,
     container_env,

@@ -45,7 +45,7 @@ from mlops_operator.sandbox import network
 from mlops_operator.sandbox.deployments import HASH_LABEL, plan_deployment
 from mlops_operator.sandbox.jobs import job_pod_labels, plan_job
 from mlops_operator.sandbox.kubelet import Kubelet, KubeletConfig
-from mlops_operator.sandbox.objects import (
+from mlops_operator.sandbox.object_helpers import (
     Obj,
     controller_ref,
     format_time,

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mlops_operator.sandbox.objects import Obj, labels_of, name_of, namespace_of, uid_of
+from mlops_operator.sandbox.object_helpers import Obj, labels_of, name_of, namespace_of, uid_of
 
 Lookup = Mapping[tuple[str, str], Obj]  # (namespace, name) -> ConfigMap or Secret
 

@@ -12,7 +12,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mlops_operator.sandbox.objects import Obj, format_time, set_condition
+from mlops_operator.sandbox.object_helpers import Obj, format_time, set_condition
 
 HOST_IP = "127.0.0.1"
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from mlops_operator.sandbox.objects import Obj, key_of
+from mlops_operator.sandbox.object_helpers import Obj, key_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mlops_operator.sandbox.jobs import pod_is_ready
-from mlops_operator.sandbox.objects import (
+from mlops_operator.sandbox.object_helpers import (
     Obj,
     is_deleting,
     labels_of,

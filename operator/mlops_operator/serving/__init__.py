@@ -1,1 +1,1 @@
-"""The model server: one ASGI core (app.py) hosted by uvicorn or BentoML (hosts.py); `serve` CLI."""
+"""The model server: one ASGI core (asgi_app.py) hosted by uvicorn or BentoML (hosts.py); `serve` CLI."""

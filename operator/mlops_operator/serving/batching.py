@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_operator.serving.model import FloatArray, Prediction
+from mlops_operator.serving.served_model import FloatArray, Prediction
 
 
 class Runner:

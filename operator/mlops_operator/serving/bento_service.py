@@ -14,7 +14,7 @@ import bentoml
 from mlops_operator.registry.artifacts import from_manifest
 from mlops_operator.serving.hosts import BENTOML_SERVICE_CONFIG, MANIFEST_ENV
 from mlops_operator.serving.loader import create_app
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.serve_settings import ServeSettings
 
 _settings = ServeSettings()  # model_uri comes from MLOPS_SERVE_MODEL_URI
 _resolved = from_manifest(os.environ[MANIFEST_ENV])

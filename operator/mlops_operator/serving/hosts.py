@@ -17,8 +17,8 @@ import socket
 from typing import Any
 
 from mlops_operator.registry.artifacts import ResolvedModel, to_manifest
-from mlops_operator.serving.app import ServingApp
-from mlops_operator.serving.settings import ENV_PREFIX, ServeSettings
+from mlops_operator.serving.asgi_app import ServingApp
+from mlops_operator.serving.serve_settings import ENV_PREFIX, ServeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mlops_operator.registry.artifacts import ModelResolutionError, ResolvedModel, load_model
-from mlops_operator.serving.app import ServingApp
-from mlops_operator.serving.model import ServedModel, build_served_model
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.asgi_app import ServingApp
+from mlops_operator.serving.serve_settings import ServeSettings
+from mlops_operator.serving.served_model import ServedModel, build_served_model
 from mlops_operator.serving.telemetry import MonitorLike
 
 logger = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from mlops_operator.logging_setup import configure_logging, log_format_from_env
 from mlops_operator.registry.artifacts import ModelResolutionError, resolve_model
-from mlops_operator.registry.client import bound_http_retries
+from mlops_operator.registry.mlflow_registry import bound_http_retries
 from mlops_operator.serving.hosts import PortInUseError, bind_socket, run_bentoml, run_uvicorn
 from mlops_operator.serving.loader import create_app
-from mlops_operator.serving.settings import ServeSettings
+from mlops_operator.serving.serve_settings import ServeSettings
 
 logger = logging.getLogger("mlops_operator.serving")
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from mlops_operator.serving.model import FloatArray
+from mlops_operator.serving.served_model import FloatArray
 
 logger = logging.getLogger(__name__)
 

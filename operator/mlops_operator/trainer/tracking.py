@@ -39,8 +39,8 @@ from typing import Any, Final
 import pandas as pd
 
 from mlops_operator.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
-from mlops_operator.registry.client import bound_http_retries, error_code, is_transient, redact
 from mlops_operator.registry.digest import directory_sha256
+from mlops_operator.registry.mlflow_registry import bound_http_retries, error_code, is_transient, redact
 from mlops_operator.trainer.trainer_errors import Reason, TrainerError
 
 log = logging.getLogger(__name__)

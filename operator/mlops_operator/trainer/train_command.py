@@ -43,8 +43,8 @@ from mlops_operator.trainer.trainer_errors import EXIT_OK, TrainerError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops_operator.trainer.data import LoadedDataset
     from mlops_operator.trainer.data_validation import Columns, Task
+    from mlops_operator.trainer.dataset_loading import LoadedDataset
     from mlops_operator.trainer.fit import SearchPlan
     from mlops_operator.trainer.tracking import LoggedModel
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         result, code = failure(exc), exc.exit_code
     except Exception as exc:  # a bug or an unforeseen library error: still a readable result
         log.error("training failed unexpectedly:\n%s", traceback.format_exc())
-        from mlops_operator.registry.client import is_transient
+        from mlops_operator.registry.mlflow_registry import is_transient
 
         error = TrainerError(
             "MLflowUnavailable" if is_transient(exc) else "TrainingFailed", f"{type(exc).__name__}: {exc}"
@@ -328,7 +328,7 @@ def check_estimator(spec: TrainingJobSpec) -> TrainingPlan:
 
 def load_data(spec: TrainingJobSpec, *, max_bytes: int | None) -> LoadedDataset:
     """The dataset, read within the size bound, with its digest (logged)."""
-    from mlops_operator.trainer.data import load_dataset
+    from mlops_operator.trainer.dataset_loading import load_dataset
 
     loaded = load_dataset(spec.dataset, max_bytes=max_bytes)
     log.info(

@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops_operator.logging_setup import LOG_FORMAT_ENV, LogFormat
-from mlops_operator.serving.app import ServerConfig
+from mlops_operator.serving.asgi_app import ServerConfig
 
 ENV_PREFIX = "MLOPS_SERVE_"
 

@@ -32,7 +32,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from mlops_operator import __version__
 from mlops_operator.serving import feedback, v2
 from mlops_operator.serving.batching import Batcher, Runner
-from mlops_operator.serving.model import ServedModel
 from mlops_operator.serving.request_validation import (
     InputSchema,
     RequestError,
@@ -41,6 +40,7 @@ from mlops_operator.serving.request_validation import (
     parse_feedback,
     parse_predict,
 )
+from mlops_operator.serving.served_model import ServedModel
 from mlops_operator.serving.telemetry import HttpMetrics, MonitorLike, ObservationFeed
 
 logger = logging.getLogger(__name__)
@@ -568,6 +568,6 @@ class ServingApp:
 
 
 def _inline_limit() -> float:
-    from mlops_operator.serving.model import INLINE_CALL_LIMIT_S
+    from mlops_operator.serving.served_model import INLINE_CALL_LIMIT_S
 
     return float(os.environ.get("MLOPS_SERVE_INLINE_CALL_LIMIT_S", INLINE_CALL_LIMIT_S))

@@ -1,4 +1,4 @@
-"""registry.client.Registry against a SQLite MLflow store (and a closed port for 'unavailable')."""
+"""registry.mlflow_registry.Registry against a SQLite MLflow store (and a closed port for 'unavailable')."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlops_operator.registry.client import (
+from mlops_operator.registry.mlflow_registry import (
     ModelVersionNotFound,
     RegisteredModelNotFound,
     Registry,
