@@ -67,6 +67,10 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs (so that it replaces only its own)."""
+
+
 def configure_logging(
     log_format: str,
     *,
@@ -76,10 +80,12 @@ def configure_logging(
 ) -> None:
     """Send every record of the process to ``stream`` (stderr) in ``log_format``; call once, first.
 
-    Replaces the root logger's handlers, so libraries that log before or after (kopf, uvicorn
-    when told not to configure its own, MLflow) come out in the same format.
+    Installs one handler on the root logger, so libraries that log before or after (kopf,
+    uvicorn when told not to configure its own, MLflow) come out in the same format. A second
+    call replaces the handler the first installed; handlers someone else added (a test
+    runner's log capture, say) are left alone.
     """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _OurHandler(stream if stream is not None else sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLogFormatter(static))
     elif log_format == "plain":
@@ -87,7 +93,7 @@ def configure_logging(
     else:
         raise ValueError(f"log format {log_format!r}: expected plain or json")
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _OurHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
