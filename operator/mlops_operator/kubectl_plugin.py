@@ -41,9 +41,9 @@ from mlops_operator.kube_client import Kube, NotFound
 from mlops_operator.rollout.rollout_plan import (
     COMMAND_ANNOTATION,
     IN_PROGRESS,
-    _in_history,
-    _previous_version,
+    in_history,
     parse_command,
+    previous_version,
 )
 
 PROG = "kubectl mlops"
@@ -274,12 +274,12 @@ def refusal(obj: Mapping[str, Any], action: str, version: str | None = None) -> 
         return "rollback: a rollback is in progress"
     if version is None and running:
         return None
-    to = version or _previous_version(history, str(stable))
+    to = version or previous_version(history, str(stable))
     if to is None:
         return f"rollback: no version before {stable} in status.history"
     if to == stable:
         return f"rollback: version {to} serves already"
-    if not _in_history(history, to):
+    if not in_history(history, to):
         promoted = sorted({str(e["modelVersion"]) for e in history if e.get("promotedAt")}, key=int)
         return f"rollback: version {to} is not in status.history (promoted versions: {', '.join(promoted) or 'none'})"
     return None

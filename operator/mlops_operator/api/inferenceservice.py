@@ -400,6 +400,9 @@ class InferenceServiceStatus(ApiModel):
     http_route: ObjectName | None = Field(
         default=None, description="The HTTPRoute the operator manages (traffic.router: GatewayAPI)."
     )
+    candidate_alias: Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="The version this service last pointed MLflow's candidate alias at."
+    )
     production_version: Annotated[str, Field(max_length=16)] | None = Field(
         default=None, description="The version this service last set MLflow's production alias to."
     )

@@ -531,11 +531,13 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     candidate_alias = (
         decision.candidate.version if decision.candidate and decision.candidate.replicas else None
     )
-    if candidate_alias != before.get("candidateAlias"):
-        if _alias(ctx, "candidate", candidate_alias):
-            decision.rollout["candidateAlias"] = candidate_alias
-    elif candidate_alias is not None:
-        decision.rollout["candidateAlias"] = candidate_alias
+    # MLflow's candidate alias follows the canary; status remembers where it points, so MLflow
+    # is written only when that changes (and retried when MLflow was down).
+    if candidate_alias != status.get("candidateAlias") and _alias(ctx, "candidate", candidate_alias):
+        if candidate_alias is None:
+            status.pop("candidateAlias", None)
+        else:
+            status["candidateAlias"] = candidate_alias
 
     # -- report ---------------------------------------------------------------------------------
     ready = _ready_count(stable)

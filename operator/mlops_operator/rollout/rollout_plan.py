@@ -196,7 +196,7 @@ def canary_replicas(desired: int, weight: int) -> int:
     return min(desired, max(1, round(desired * weight / (100 - weight))))
 
 
-def _previous_version(history: Sequence[Mapping[str, Any]], stable: str) -> str | None:
+def previous_version(history: Sequence[Mapping[str, Any]], stable: str) -> str | None:
     """The version the stable one replaced: where a rollback goes."""
     promoted = [entry for entry in history if entry.get("promotedAt")]
     for index in range(len(promoted) - 1, -1, -1):
@@ -216,7 +216,7 @@ def _was_rolled_back(history: Sequence[Mapping[str, Any]], version: str) -> bool
     return any(e.get("modelVersion") == version and e.get("rolledBackAt") for e in history)
 
 
-def _in_history(history: Sequence[Mapping[str, Any]], version: str) -> bool:
+def in_history(history: Sequence[Mapping[str, Any]], version: str) -> bool:
     return any(e.get("modelVersion") == version and e.get("promotedAt") for e in history)
 
 
@@ -779,7 +779,7 @@ def _watch(plan: _Plan) -> None:
     if low < auto.consecutive_checks:
         return
     history, stable = plan.obs.history, str(plan.stable)
-    previous = _previous_version(history, stable)
+    previous = previous_version(history, stable)
     why = f"{'; '.join(bad)} in {low} consecutive checks"
     blocker = None
     last = _time(r.get("lastAutoRollbackAt"))
@@ -894,12 +894,12 @@ def _apply_command(plan: _Plan, command: Command) -> str | None:
             f"version {candidate} rolled back by command; version {stable} keeps all traffic",
         )
         return None
-    to = to or _previous_version(obs.history, stable)
+    to = to or previous_version(obs.history, stable)
     if to is None:
         return f"rollback: no version before {stable} in status.history"
     if to == stable:
         return f"rollback: version {to} serves already"
-    if not _in_history(obs.history, to):
+    if not in_history(obs.history, to):
         return f"rollback: version {to} is not in status.history"
     if running:
         _abort(
