@@ -362,10 +362,20 @@ class Demo:
         stop = threading.Event()
 
         def loop() -> None:
+            # A connection cut while a pod goes away (a retired version, a scaled-down canary)
+            # is retried, as any client of a rolling Service must; failures that persist for
+            # ~10 s are reported by the stage that waits on the rollout.
+            failures = 0
             while not stop.is_set():
                 try:
                     self.send(5, skew=False)
-                except Exception as exc:  # reported by the stage that waits on the rollout
+                    failures = 0
+                except (httpx.TransportError, DemoError) as exc:
+                    failures += 1
+                    if failures >= 20:
+                        self.sender_error = exc
+                    stop.wait(0.5)
+                except Exception as exc:  # anything else is a bug in the demo: report it at once
                     self.sender_error = exc
                     stop.wait(1.0)
 
