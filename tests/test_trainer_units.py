@@ -268,16 +268,21 @@ def test_declared_category_is_one_hot() -> None:
 
 
 def test_numeric_profile_bins_the_way_the_server_does() -> None:
-    series = pd.Series(np.arange(100, dtype=float), name="x")
+    series = pd.Series(np.arange(1000, dtype=float), name="x")
     profile = numeric_profile(series)
-    assert len(profile.bin_edges) == 9 and len(profile.bin_frequencies) == 10
-    assert profile.bin_frequencies == pytest.approx([0.1] * 10)
-    assert profile.min == 0 and profile.max == 99 and profile.mean == pytest.approx(49.5)
+    assert profile.binning == "quantiles"
+    assert len(profile.bin_edges) == 99 and profile.bin_counts == [10] * 100
+    slots = np.searchsorted(profile.bin_edges, series.to_numpy(), side="left")
+    assert np.bincount(slots).tolist() == profile.bin_counts
+    assert profile.bin_frequencies == pytest.approx([0.01] * 100)
+    assert profile.min == 0 and profile.max == 999 and profile.mean == pytest.approx(499.5)
 
 
-def test_constant_column_gets_one_edge_and_nulls_are_counted() -> None:
+def test_constant_column_gets_a_bin_and_nulls_are_counted() -> None:
     profile = numeric_profile(pd.Series([3.0, 3.0, None, 3.0], name="c"))
-    assert profile.bin_edges == [3.0] and profile.bin_frequencies == [1.0, 0.0]
+    # Binned by value: below 3, exactly 3, above 3.
+    assert profile.binning == "values" and profile.bin_edges[1:] == [3.0] and profile.bin_edges[0] < 3.0
+    assert profile.bin_counts == [0, 3, 0] and profile.bin_frequencies == [0.0, 1.0, 0.0]
     assert profile.null_fraction == pytest.approx(0.25)
 
 
@@ -286,6 +291,8 @@ def test_categorical_profile_keeps_the_top_categories() -> None:
     profile = categorical_profile(pd.Series(values, name="k"))
     assert len(profile.categories) == 50 and profile.categories[0] == "c000"
     assert sum(profile.category_frequencies) < 1.0
+    assert profile.category_counts is not None and profile.category_counts[0] == 60
+    assert profile.unlisted_count == sum(60 - i for i in range(50, 60))
 
 
 def test_profile_of_iris_round_trips() -> None:

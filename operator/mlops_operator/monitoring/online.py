@@ -204,7 +204,6 @@ class OnlineMonitor:
             BinLayout.from_profile(profile.features) if profile is not None and profile.features else None
         )
         self._window = DriftWindow(self._layout, config.window) if self._layout is not None else None
-        self._reference_rows = profile.rows if profile is not None else 0
         classes = profile.classes if profile is not None and self.task == "classification" else None
         self._classes = ClassWindow(config.window, classes) if self.task == "classification" else None
         self._regression_predictions = 0
@@ -300,7 +299,6 @@ class OnlineMonitor:
                 threshold=self.config.effective_threshold,
                 min_samples=self.config.min_samples,
                 drift_share=self.config.drift_share,
-                reference_rows=self._reference_rows,
             )
         profile = self.profile
         distribution = class_distribution(

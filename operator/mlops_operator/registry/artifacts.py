@@ -15,6 +15,7 @@ server can fail fast before it unpickles anything:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from urllib.parse import unquote, urlparse
 
 from mlops_operator.monitoring.reference_profile import PROFILE_ARTIFACT, ReferenceProfile
 from mlops_operator.registry.digest import directory_sha256
+
+logger = logging.getLogger(__name__)
 
 # MLflow writes this file into every directory it downloads from a ``models:/`` URI. It is the
 # registry's bookkeeping, not model content, and the trainer's digest (taken from the logged
@@ -155,9 +158,11 @@ def _download_profile(run_id: str, dst: Path) -> ReferenceProfile | None:
 
 
 def _read_profile(path: Path) -> ReferenceProfile | None:
+    """The reference profile at ``path``; None (drift monitoring off) when it cannot be read, said in the log."""
     try:
         return ReferenceProfile.model_validate_json(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        logger.warning("reference profile %s is unusable, drift monitoring is off: %s", path, exc)
         return None
 
 
