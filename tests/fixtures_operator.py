@@ -53,11 +53,27 @@ class Cluster(Api):
         server: ApiServerThread,
         token_file: pathlib.Path,
         collaborators: Collaborators,
+        kubeconfig: pathlib.Path | None = None,
     ) -> None:
         super().__init__(url, token, server.certificates.ca)
         self.server = server
         self.operator_token_file = token_file
         self.collaborators = collaborators
+        self.kubeconfig = kubeconfig
+
+    @contextlib.contextmanager
+    def operator(self) -> Iterator[Collaborators]:
+        """Another operator process against this server, for as long as the block runs (a
+        restart: fresh clients, caches and locks; kopf's state only in the objects' annotations)."""
+        settings = self.collaborators.settings
+        assert self.kubeconfig is not None
+        collaborators = Collaborators(
+            settings, Kube.from_environment(str(self.kubeconfig)), Registry(settings.mlflow_tracking_uri)
+        )
+        registry = register(settings, collaborators=collaborators)
+        with KopfRunner(["run", "--standalone", "--all-namespaces"], registry=registry, timeout=60) as runner:
+            yield collaborators
+        assert runner.exception is None, runner.output
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +85,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
-def running_operator(tmp: pathlib.Path, reconcile_interval: float = 1) -> Iterator[Cluster]:
-    """The emulated API server and the operator (kopf, in this process) for as long as the block runs."""
+def running_operator(
+    tmp: pathlib.Path, reconcile_interval: float = 1, *, start_operator: bool = True
+) -> Iterator[Cluster]:
+    """The emulated API server and the operator (kopf, in this process) for as long as the block runs.
+
+    ``start_operator=False``: the server only; ``Cluster.operator()`` runs operators on it.
+    """
     crds = tmp / "crds"
     crds.mkdir()
     for path in (ROOT / "crds").glob("*.yaml"):
@@ -99,9 +120,13 @@ def running_operator(tmp: pathlib.Path, reconcile_interval: float = 1) -> Iterat
     saved = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
     try:
+        cluster = Cluster(server.url, tokens["admin"], server, token_file, collaborators, kubeconfig)
+        if not start_operator:
+            yield cluster
+            return
         registry = register(settings, collaborators=collaborators)
         with KopfRunner(["run", "--standalone", "--all-namespaces"], registry=registry, timeout=60) as runner:
-            yield Cluster(server.url, tokens["admin"], server, token_file, collaborators)
+            yield cluster
         assert runner.exception is None, runner.output
     finally:
         server.stop()

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     liveness_port: int = Field(
         default=8081, ge=0, le=65535, description="Port of kopf's /healthz probe (0: off)."
     )
-    worker_limit: int = Field(default=20, ge=1, description="kopf: concurrent workers (one per object).")
+    worker_limit: int = Field(
+        default=20, ge=1, description="Concurrent reconciliations (threads of kopf's executor; at least 4)."
+    )
     watch_server_timeout: int = Field(
         default=300, ge=10, description="kopf: server-side watch timeout in seconds (reconnects after it)."
     )

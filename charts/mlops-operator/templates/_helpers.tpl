@@ -82,27 +82,33 @@ http://mlflow.mlops-system.svc:5000
 - apiGroups: ["mlops.dev"]
   resources: ["trainingjobs/status", "modelversions/status", "inferenceservices/status"]
   verbs: ["patch"]
+# What the operator reads below it lists and watches once (kopf indexes: its cache), so a
+# converged object costs no request; "get" is the fallback after a create finds a name taken.
 # Training runs (patch: a run restarted under the name of a Job that differs).
 - apiGroups: ["batch"]
   resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Training runs of engine: Ray, as KubeRay RayJobs (harmless where KubeRay is not installed).
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
   verbs: ["get", "list", "create", "patch", "delete"]
 # Reads only: the pods of training runs and model servers (exit codes, readiness, /monitoring).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Serving: one Deployment + Service per model version, the stable Service, HPA, PDB.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # traffic.router GatewayAPI: one HTTPRoute per InferenceService, weighted across versions.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]

@@ -157,8 +157,13 @@ def _reconcile_locked(
     old_status = dict(fresh.get("status") or {})
     generation = fresh["metadata"].get("generation")
     events: list[tuple[str, str, str]] = []
+    uid = str(fresh["metadata"].get("uid") or "")
+    spec = collaborators.specs.get(uid, kind, generation) if uid and generation is not None else None
     try:
-        spec = parse_spec(model, fresh.get("spec"))
+        if spec is None:
+            spec = parse_spec(model, fresh.get("spec"))
+            if uid and generation is not None:
+                collaborators.specs.put(uid, kind, generation, spec)
     except InvalidSpecError as exc:
         _write(
             kube, kind, fresh, old_status, _invalid_status(old_status, str(exc), generation), events, logger

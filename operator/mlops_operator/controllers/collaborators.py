@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlops_operator.config import Settings
 from mlops_operator.kube_client import Kube
@@ -41,6 +41,32 @@ class ObjectLocks:
             return len(self._locks)
 
 
+class ParsedSpecs:
+    """The last parsed and CEL-checked spec of each object, by uid and generation.
+
+    A spec changes only with ``metadata.generation``, so a timer tick over an unchanged object
+    reuses its parse: evaluating the CRD's CEL rules in Python was most of a converged
+    operator's CPU. An invalid spec is not kept: it is parsed again on every pass, as before.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, tuple[tuple[str, int], Any]] = {}
+        self._guard = threading.Lock()
+
+    def get(self, uid: str, kind: str, generation: int) -> Any | None:
+        with self._guard:
+            entry = self._specs.get(uid)
+        return entry[1] if entry is not None and entry[0] == (kind, generation) else None
+
+    def put(self, uid: str, kind: str, generation: int, spec: Any) -> None:
+        with self._guard:
+            self._specs[uid] = ((kind, generation), spec)
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self._specs.pop(uid, None)
+
+
 @dataclass
 class Collaborators:
     """The operator's settings and clients, one set per operator process."""
@@ -49,6 +75,7 @@ class Collaborators:
     kube: Kube
     registry: Registry
     locks: ObjectLocks = field(default_factory=ObjectLocks)
+    specs: ParsedSpecs = field(default_factory=ParsedSpecs)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Collaborators:

@@ -41,6 +41,8 @@ from mlops_operator.controllers.operator_metrics import (
     forget_trainingjob_metrics,
 )
 from mlops_operator.credentials import CredentialsError, connection_info, load_credentials
+from mlops_operator.kube_client import CACHED_KINDS, KINDS, ObjectCache, index_keys
+from mlops_operator.resources.object_meta import MANAGED_BY
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -64,13 +66,70 @@ def login(logger: Logger, **_: Any) -> kopf.ConnectionInfo:
     return connection_info(credentials)
 
 
+def _cache_index_id(kind: str) -> str:
+    return f"cache_{kind.lower()}"
+
+
 def _reconcile_handler(kind: str, model: type[Any], reconciler: Any) -> Any:
     """The kopf handler that runs ``reconciler`` for objects of ``kind`` (one per kind)."""
 
-    def reconcile(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
-        base.reconcile(kind, model, reconciler, body=body, logger=logger, collaborators=memo["collaborators"])
+    def reconcile(body: kopf.Body, logger: Logger, memo: kopf.Memo, **kwargs: Any) -> None:
+        collaborators: Collaborators = memo["collaborators"]
+        _attach_cache(collaborators, kwargs)
+        base.reconcile(kind, model, reconciler, body=body, logger=logger, collaborators=collaborators)
 
     return reconcile
+
+
+def _attach_cache(collaborators: Collaborators, kwargs: dict[str, Any]) -> None:
+    """Serve the client's reads of every cached kind from kopf's indexes (handed in as kwargs).
+
+    kopf hands a handler its indexes only as keyword arguments, so they are attached on the
+    first call; kopf starts no handler before they hold their initial lists.
+    """
+    kube = collaborators.kube
+    if kube.cache is not None and all(kube.cache.covers(kind) for kind in CACHED_KINDS):
+        return
+    cache = kube.cache or ObjectCache()
+    for kind in CACHED_KINDS:
+        index = kwargs.get(_cache_index_id(kind))
+        if index is not None:
+            cache.attach(kind, index)
+    kube.cache = cache
+
+
+def _register_cache_indexes(registry: kopf.OperatorRegistry) -> None:
+    """One kopf index per cached kind: the operator's own kinds (watched anyway), and the
+    children it creates (those labelled ``managed-by: mlops-operator``) and the pods it selects
+    (model servers by ``mlops.dev/inferenceservice``, and Job pods: the Job controller labels
+    them ``job-name``)."""
+    for kind in CACHED_KINDS:
+        info = KINDS[kind]
+        group, _, version = info.api_version.rpartition("/")
+        when: Any = None
+        labels: Any = None
+        if kind == "Pod":
+            when = _operator_pod
+        elif group != GROUP:
+            labels = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+        def index(body: kopf.Body, kind: str = kind, **_: Any) -> dict[Any, dict[str, Any]]:
+            return index_keys(kind, body)
+
+        kopf.index(
+            group=group,
+            version=version,
+            plural=info.plural,
+            id=_cache_index_id(kind),
+            labels=labels,
+            when=when,
+            registry=registry,
+        )(index)
+
+
+def _operator_pod(labels: kopf.Labels, **_: Any) -> bool:
+    """The pods the operator selects: an InferenceService's (by its label) and Jobs' pods."""
+    return f"{GROUP}/inferenceservice" in labels or "job-name" in labels
 
 
 def register(
@@ -96,6 +155,7 @@ def register(
         start_metrics_server(operator_settings.metrics_port)
 
     kopf.on.login(registry=registry)(login)
+    _register_cache_indexes(registry)
 
     @kopf.on.probe(id="controllers", registry=registry)
     def liveness_probe(**_: Any) -> str:
@@ -129,6 +189,7 @@ def register(
         """Drop per-object state; children go with their ownerReferences (no finalizer needed)."""
         collaborators: Collaborators = memo["collaborators"]
         collaborators.locks.forget(str(meta.get("uid") or meta.get("name")))
+        collaborators.specs.forget(str(meta.get("uid")))
 
     @kopf.on.delete(GROUP, VERSION, ISVC, id="forget-metrics", optional=True, registry=registry)
     def forget_metrics(meta: kopf.Meta, **_: Any) -> None:

@@ -33,7 +33,11 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.watching.server_timeout = settings.watch_server_timeout
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
     kopf_settings.watching.connect_timeout = 10
-    kopf_settings.queueing.worker_limit = settings.worker_limit
+    # kopf's per-object asyncio workers are not limited: with indexes (the operator's cache), a
+    # limit below the number of objects of one kind deadlocks kopf at startup (each worker
+    # waits for every object to be indexed while holding a slot; kopf issue #1243). What
+    # bounds the work is the thread pool that runs the (synchronous) reconciliations.
+    kopf_settings.queueing.worker_limit = None
     kopf_settings.execution.max_workers = max(4, settings.worker_limit)
     kopf_settings.posting.level = logging.getLevelName(settings.event_level.upper())
     kopf_settings.networking.error_backoffs = [1, 2, 5, 10, 30]
