@@ -3,24 +3,40 @@
 One run, same machine, same models, same load generator, side by side:
 
 - our server (``mlops-operator serve``) on both runtimes (uvicorn, BentoML), monitoring on
-  and off; for the random forest also with batching off (``--max-batch-size 1``);
-- ``mlflow models serve`` on the same registered model version (``--env-manager local``);
+  and off, on ``/predict`` and on the Open Inference Protocol v2 (``/v2/models/.../infer``);
+  for the random forest also with batching off (``--max-batch-size 1``) and with
+  scikit-learn's own ``predict_proba`` (``MLOPS_SERVE_FOREST_FAST_PATH=0``), so that the
+  batcher is compared with MLServer's on the very same cost per call;
+- the peers, each configured for speed (access logs off) and otherwise as shipped:
+  ``mlflow models serve`` on the same registered model version (``--env-manager local``);
+  MLServer with its scikit-learn runtime (``mlserver`` + ``mlserver-sklearn``), adaptive
+  batching off and on (up to 32 rows within 2 ms), the latter also with ``parallel_workers: 0``
+  (inference in the HTTP process: no inter-process hop on a single core); KServe's Python
+  model server (``kserve``)
+  with a minimal ``kserve.Model`` that loads the same ``model.joblib`` and calls ``predict`` as
+  KServe's sklearn server does. MLServer and KServe pin packages of their own, so each runs in
+  a virtual environment of its own, created on first use under ``--peers-dir`` with the same
+  scikit-learn as ours (a pickled model needs the version that wrote it);
 - the floor: a bare Starlette endpoint on uvicorn that parses the row and calls
   ``model.predict`` (nothing else: no validation, no metrics, no monitoring).
 
 Models: a LogisticRegression and a 100-tree RandomForestClassifier on 20 numeric features,
 trained here on synthetic data and registered in an embedded MLflow (SQLite store, local
 artifacts, in a temporary directory) with the trainer's own logging code, reference profile
-included, so every server loads exactly the same artifacts.
+included, so every server loads exactly the same fitted estimator.
 
-Load: ``wrk`` (a Lua script sets the POST body) at fixed concurrency (1 and 16
-connections), one warm-up second then ``--duration`` seconds measured, one server at a
-time. With two or more cores the server is pinned to core 0 and wrk to core 1
-(``taskset``), so the client does not steal the server's CPU, as with a client on another
-machine. Numbers are written to the output file with the machine's facts (CPU, cores,
-Python, package versions, load average before each run: another busy process on the
-machine shows up there). Tests never assert timings: they import only the parsing of wrk's
-output (``tests/test_bench_units.py``).
+Before any timing, every server answers 20 rows one request at a time, and its labels must
+equal scikit-learn's ``predict`` on those rows; a server that disagrees is not timed.
+
+Load: ``wrk`` (a Lua script sets the POST body) at 1, 16 and 64 connections. All servers of
+one model run at once (idle when not measured) and the measurements alternate between them:
+round after round, each concurrency, each server in turn (a warm-up second in the first round), then
+``--duration`` seconds measured. The machine is shared and small, so a background burst hits
+whichever server runs at that moment; alternating spreads it over all of them, and the report
+gives medians over rounds and, for the comparisons, the median of the per-round ratios. With two
+or more cores the servers are pinned to core 0 and wrk to core 1 (``taskset``), as with a
+client on another machine. req/s counts 2xx answers only. Tests never assert timings: they
+import only the parsing of wrk's output and the rendering (``tests/test_bench_units.py``).
 """
 
 from __future__ import annotations
@@ -37,19 +53,21 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 N_FEATURES = 20
 TRAIN_ROWS = 5000
 CONNECTIONS = (1, 16, 64)  # 64: where batching pays for a forest
+CHECK_ROWS = 20
 PACKAGES = (
     "numpy",
     "scikit-learn",
@@ -59,12 +77,23 @@ PACKAGES = (
     "starlette",
     "prometheus-client",
     "pydantic",
+    "orjson",
 )
-#: Targets from the issue (see the ratios section of the output).
-TARGET_VS_MLFLOW = 1.5
+#: The peers' own environments: pinned versions, plus our scikit-learn version (added at run time).
+PEER_ENVS: dict[str, tuple[str, ...]] = {
+    # uvloop 0.22 raises from get_event_loop() without a running loop, which MLServer 1.7's
+    # inference workers call at start: with it, no model loads.
+    "mlserver": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"),
+    "kserve": ("kserve==0.21.0",),
+}
+PEER_PACKAGES = {"mlserver": ("mlserver", "mlserver-sklearn"), "kserve": ("kserve",)}
+#: MLServer's adaptive batching as measured against ours (its docs' example settings).
+MLSERVER_BATCH_ROWS, MLSERVER_BATCH_TIME_S = 32, 0.002
+#: Targets from the issues (see the ratios section of the output).
+TARGET_VS_PEER_LR = 1.5
+TARGET_VS_BATCHED_PEER_RF = 1.0
+TARGET_V2_VS_PREDICT = 0.90
 TARGET_VS_FLOOR_LR = 0.70
-TARGET_BATCHING_RF = 10.0
-TARGET_BATCHING_P99_S = 0.100
 TARGET_MONITORING_COST = 0.10
 
 
@@ -77,6 +106,9 @@ class Target:
     path: str
     body: str
     health: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    protocol: str = "ours"  # how to read its answers: ours | v2 | mlflow | kserve
+    config: str = ""  # a file to write before starting (MLServer's settings), as "path\ncontent"
 
 
 @dataclasses.dataclass
@@ -89,13 +121,18 @@ class Result:
     errors: int = 0
     load1: float = 0.0
     note: str = ""
+    round: int = 1
 
 
 # --------------------------------------------------------------------------- models
 
 
-def register_models(workdir: Path, tracking_uri: str) -> dict[str, str]:
-    """Train LR and RF on the same synthetic data, register both; model key -> models:/ URI."""
+def register_models(workdir: Path, tracking_uri: str) -> tuple[dict[str, str], dict[str, Any], Any]:
+    """Train LR and RF on the same synthetic data and register both.
+
+    Returns model key -> ``models:/`` URI, model key -> fitted estimator, and the feature rows
+    (for the prediction check).
+    """
     import mlflow
     import numpy as np
     import pandas as pd
@@ -137,7 +174,7 @@ def register_models(workdir: Path, tracking_uri: str) -> dict[str, str]:
                 model_description=None,
             )
         uris[key] = f"models:/{name}/{version}"
-    return uris
+    return uris, estimators, x
 
 
 def download_model(uri: str, tracking_uri: str, dst: Path) -> Path:
@@ -146,6 +183,29 @@ def download_model(uri: str, tracking_uri: str, dst: Path) -> Path:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+
+def export_joblib(model_dir: Path, dst: Path) -> Path:
+    """The registered model's estimator as ``model.joblib``, the file MLServer and KServe load."""
+    import joblib
+    import mlflow.sklearn
+
+    dst.mkdir(parents=True, exist_ok=True)
+    joblib.dump(_numpy_ready(mlflow.sklearn.load_model(str(model_dir))), dst / "model.joblib")
+    return dst / "model.joblib"
+
+
+def _numpy_ready(estimator: Any) -> Any:
+    """The estimator without its fitted column names, as if trained on an array.
+
+    Fitted on a DataFrame, scikit-learn warns on every call with an array ("X does not have
+    valid feature names"), which costs each server that passes arrays a warning per request;
+    our server drops the names at load time, and so it is done here for the floor and peers.
+    """
+    from mlops_operator.serving.served_model import _drop_fitted_feature_names
+
+    _drop_fitted_feature_names(estimator)
+    return estimator
 
 
 # --------------------------------------------------------------------------- the floor server
@@ -161,7 +221,7 @@ def floor_app(model_dir: str) -> Any:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    model = mlflow.sklearn.load_model(model_dir)
+    model = _numpy_ready(mlflow.sklearn.load_model(model_dir))
 
     async def predict(request: Request) -> Response:
         payload = orjson.loads(await request.body())
@@ -179,6 +239,88 @@ def run_floor(model_dir: str, host: str, port: int) -> int:
 
     uvicorn.run(floor_app(model_dir), host=host, port=port, log_level="warning", access_log=False)
     return 0
+
+
+# --------------------------------------------------------------------------- peers
+
+#: KServe: a minimal ``kserve.Model`` as KServe's sklearn server is (load a joblib file,
+#: ``get_predict_input`` -> ``predict`` -> ``get_predict_response``), run by the kserve venv.
+KSERVE_SERVER = """
+import sys
+
+import joblib
+import kserve
+from kserve.utils.utils import get_predict_input, get_predict_response
+
+
+class SKLearnModel(kserve.Model):
+    def __init__(self, name, path):
+        super().__init__(name)
+        self.path = path
+        self.load()
+
+    def load(self):
+        self._model = joblib.load(self.path)
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload, headers=None):
+        result = self._model.predict(get_predict_input(payload))
+        return get_predict_response(payload, result, self.name)
+
+
+if __name__ == "__main__":
+    name, path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kserve.ModelServer(http_port=port, enable_grpc=False, enable_latency_logging=False).start(
+        [SKLearnModel(name, path)]
+    )
+"""
+
+
+def peer_python(peers_dir: Path, peer: str) -> Path:
+    """The Python of ``peer``'s own virtual environment, created and installed on first use."""
+    venv = peers_dir / peer
+    python = venv / "bin" / "python"
+    sklearn = importlib.metadata.version("scikit-learn")
+    wanted = [*PEER_ENVS[peer], f"scikit-learn=={sklearn}"]
+    stamp = venv / ".installed"
+    if python.exists() and stamp.exists() and stamp.read_text() == "\n".join(wanted):
+        return python
+    print(f"bench: creating the {peer} environment in {venv} (one time)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True, timeout=1800)
+    stamp.write_text("\n".join(wanted))
+    return python
+
+
+def peer_versions(peers_dir: Path) -> list[tuple[str, str]]:
+    facts = []
+    for peer, packages in PEER_PACKAGES.items():
+        python = peers_dir / peer / "bin" / "python"
+        for package in packages:
+            version = "not installed"
+            if python.exists():
+                done = subprocess.run(
+                    [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                version = done.stdout.strip() or version
+            facts.append((f"{package} ({peer} venv)", version))
+    return facts
+
+
+def mlserver_settings(model_file: Path, name: str, batched: bool) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "name": name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model_file), "version": "1"},
+    }
+    if batched:
+        settings["max_batch_size"] = MLSERVER_BATCH_ROWS
+        settings["max_batch_time"] = MLSERVER_BATCH_TIME_S
+    return settings
 
 
 # --------------------------------------------------------------------------- load
@@ -253,32 +395,33 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> No
     raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
 
 
-@contextlib.contextmanager
-def running(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield process
-        finally:
-            # The server started its own session: stop exactly that process group.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+def stop(process: subprocess.Popen[bytes]) -> None:
+    # Each server started its own session: stop exactly that process group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def load(
-    target: Target, url: str, connections: int, duration: float, script: Path, core: int | None
+    target: Target,
+    url: str,
+    connections: int,
+    duration: float,
+    script: Path,
+    core: int | None,
+    warm_up: bool = True,
 ) -> Result:
     threads = min(connections, 2)
     base = ["wrk", f"-t{threads}", f"-c{connections}", "--latency", "-s", str(script), url]
-    subprocess.run(pin(core, [*base[:4], "-d1s", *base[4:]]), capture_output=True, check=False, timeout=60)
+    if warm_up:
+        subprocess.run(
+            pin(core, [*base[:4], "-d1s", *base[4:]]), capture_output=True, check=False, timeout=60
+        )
     load1 = os.getloadavg()[0]
     done = subprocess.run(
         pin(core, [*base[:4], f"-d{duration:g}s", "--timeout", "5s", *base[4:]]),
@@ -291,78 +434,185 @@ def load(
     return Result(target, connections, rps, p50, p99, errors, load1, "" if rps else done.stderr.strip()[:200])
 
 
+# --------------------------------------------------------------------------- requests and answers
+
+
+def row_body(protocol: str, row: Sequence[float], model_name: str = "") -> str:
+    """One row as ``protocol`` expects it."""
+    values = [float(v) for v in row]
+    if protocol == "mlflow":
+        columns = [f"f{i}" for i in range(N_FEATURES)]
+        return json.dumps({"dataframe_split": {"columns": columns, "data": [values]}})
+    if protocol == "v2":
+        tensor = {"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": values}
+        return json.dumps({"inputs": [tensor]})
+    if protocol == "kserve":
+        return json.dumps({"instances": [values]})
+    return json.dumps({"features": values})
+
+
+def read_label(protocol: str, answer: Any) -> Any:
+    """The predicted label in an answer of ``protocol``."""
+    if protocol == "v2":
+        output = next(o for o in answer["outputs"] if o["name"] == "predict")
+        return output["data"][0]
+    if protocol in ("mlflow", "kserve"):
+        return answer["predictions"][0]
+    return answer["prediction"]
+
+
+def check_predictions(target: Target, base_url: str, rows: Any, expected: Sequence[Any]) -> str | None:
+    """None when the server's labels equal scikit-learn's on ``rows``, else what differs."""
+    for i, row in enumerate(rows):
+        body = row_body(target.protocol, row).encode()
+        request = urllib.request.Request(
+            base_url + target.path, data=body, headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                label = read_label(target.protocol, json.loads(response.read()))
+        except (urllib.error.URLError, KeyError, IndexError, StopIteration, ValueError) as exc:
+            return f"row {i}: {type(exc).__name__}: {exc}"
+        if label != expected[i]:
+            return f"row {i}: predicted {label!r}, scikit-learn says {expected[i]!r}"
+    return None
+
+
 # --------------------------------------------------------------------------- plan
 
 
-def row_body(kind: str) -> str:
-    row = [round(0.1 * ((i * 7) % 13) - 0.6, 3) for i in range(N_FEATURES)]
-    if kind == "mlflow":
-        columns = [f"f{i}" for i in range(N_FEATURES)]
-        return json.dumps({"dataframe_split": {"columns": columns, "data": [row]}})
-    return json.dumps({"features": row})
-
-
+REPO = Path(__file__).resolve().parent.parent
 PORT = "{port}"  # replaced by a fresh free port when the target starts
+WORKDIR = "{workdir}"  # replaced by the target's own directory
 
 
-def plan(uris: dict[str, str], model_dirs: dict[str, Path], quick: bool) -> list[Target]:
+def plan(
+    uris: dict[str, str],
+    model_dirs: dict[str, Path],
+    joblibs: dict[str, Path],
+    peers: dict[str, Path],
+    quick: bool,
+) -> list[Target]:
     python = sys.executable
     cli = str(Path(python).parent / "mlops-operator")
     serve = [cli, "serve", "--host", "127.0.0.1", "--port", PORT]
-    ours_body = row_body("ours")
+    bench_row = [round(0.1 * ((i * 7) % 13) - 0.6, 3) for i in range(N_FEATURES)]
     targets = []
     for model, uri in uris.items():
-        variants: list[tuple[str, str, list[str]]] = [
-            ("uvicorn", "ours uvicorn", []),
-            ("uvicorn-nomon", "ours uvicorn, monitoring off", ["--no-monitoring"]),
+        name = f"bench-{model}"
+        ours_body = row_body("ours", bench_row)
+        v2_body = row_body("v2", bench_row)
+        v2_path = f"/v2/models/{name}/infer"
+        variants: list[tuple[str, str, list[str], dict[str, str]]] = [
+            ("uvicorn", "ours uvicorn", [], {}),
+            ("uvicorn-nomon", "ours uvicorn, monitoring off", ["--no-monitoring"], {}),
         ]
         if not quick:
             variants += [
-                ("bentoml", "ours BentoML", []),
-                ("bentoml-nomon", "ours BentoML, monitoring off", ["--no-monitoring"]),
+                ("bentoml", "ours BentoML", [], {}),
+                ("bentoml-nomon", "ours BentoML, monitoring off", ["--no-monitoring"], {}),
             ]
         if model == "rf":
-            variants.append(("uvicorn-unbatched", "ours uvicorn, batching off", ["--max-batch-size", "1"]))
-        for key, label, extra in variants:
+            variants += [
+                ("uvicorn-unbatched", "ours uvicorn, batching off", ["--max-batch-size", "1"], {}),
+                (
+                    "uvicorn-sklearn",
+                    "ours uvicorn, scikit-learn's predict_proba",
+                    [],
+                    {"MLOPS_SERVE_FOREST_FAST_PATH": "0"},
+                ),
+                (
+                    "uvicorn-sklearn-greedy",
+                    "ours uvicorn, scikit-learn's predict_proba, greedy batching (window 1 us)",
+                    ["--max-batch-wait-ms", "0.001"],
+                    {"MLOPS_SERVE_FOREST_FAST_PATH": "0"},
+                ),
+            ]
+        for key, label, extra, env in variants:
             runtime = "bentoml" if key.startswith("bentoml") else "uvicorn"
+            command = [*serve, "--model-uri", uri, "--runtime", runtime, *extra]
             targets.append(
                 Target(
-                    f"{model}/{key}",
-                    model,
-                    label,
-                    [*serve, "--model-uri", uri, "--runtime", runtime, *extra],
-                    "/predict",
-                    ours_body,
-                    "/v2/health/ready",
+                    f"{model}/{key}", model, label, command, "/predict", ours_body, "/v2/health/ready", env
                 )
             )
+            if key == "uvicorn":
+                targets.append(
+                    Target(
+                        f"{model}/uvicorn-v2",
+                        model,
+                        "ours uvicorn, OIP v2 /infer",
+                        command,
+                        v2_path,
+                        v2_body,
+                        "/v2/health/ready",
+                        env,
+                        protocol="v2",
+                    )
+                )
+        mlflow_serve = [python, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
         targets.append(
             Target(
                 f"{model}/mlflow",
                 model,
                 "mlflow models serve",
-                [
-                    python,
-                    "-m",
-                    "mlflow",
-                    "models",
-                    "serve",
-                    "-m",
-                    uri,
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    PORT,
-                    "-w",
-                    "1",
-                ],
+                [*mlflow_serve, "-h", "127.0.0.1", "-p", PORT, "-w", "1"],
                 "/invocations",
-                row_body("mlflow"),
+                row_body("mlflow", bench_row),
                 "/ping",
+                protocol="mlflow",
             )
         )
+        if "mlserver" in peers:
+            # parallel_workers 1 (as shipped: inference in a worker process) and 0 (in the
+            # HTTP process, no inter-process hop: faster on a single core).
+            for suffix, batched, workers in (
+                ("", False, 1),
+                ("-batched", True, 1),
+                ("-batched-inproc", True, 0),
+            ):
+                settings = {
+                    "debug": False,  # access log off
+                    "host": "127.0.0.1",
+                    "http_port": PORT,
+                    "grpc_port": "{port2}",
+                    "metrics_port": "{port3}",
+                    "parallel_workers": workers,
+                }
+                model_settings = mlserver_settings(joblibs[model], name, batched)
+                config = json.dumps({"settings.json": settings, "model-settings.json": model_settings})
+                label = "MLServer (sklearn runtime)"
+                if batched:
+                    label += f", adaptive batching {MLSERVER_BATCH_ROWS} rows / {MLSERVER_BATCH_TIME_S * 1000:g} ms"
+                if workers == 0:
+                    label += ", parallel_workers 0"
+                targets.append(
+                    Target(
+                        f"{model}/mlserver{suffix}",
+                        model,
+                        label,
+                        [str(peers["mlserver"].parent / "mlserver"), "start", WORKDIR],
+                        v2_path,
+                        v2_body,
+                        "/v2/health/ready",
+                        protocol="v2",
+                        config=config,
+                    )
+                )
+        if "kserve" in peers:
+            targets.append(
+                Target(
+                    f"{model}/kserve",
+                    model,
+                    "KServe model server (kserve.Model, v1 protocol)",
+                    [str(peers["kserve"]), f"{WORKDIR}/kserve_server.py", name, str(joblibs[model]), PORT],
+                    f"/v1/models/{name}:predict",
+                    row_body("kserve", bench_row),
+                    f"/v1/models/{name}",
+                    protocol="kserve",
+                    config=json.dumps({"kserve_server.py": KSERVE_SERVER}),
+                )
+            )
         targets.append(
             Target(
                 f"{model}/floor",
@@ -388,7 +638,7 @@ def plan(uris: dict[str, str], model_dirs: dict[str, Path], quick: bool) -> list
 # --------------------------------------------------------------------------- report
 
 
-def machine_facts() -> list[tuple[str, str]]:
+def machine_facts(peers_dir: Path) -> list[tuple[str, str]]:
     cpu = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -407,6 +657,7 @@ def machine_facts() -> list[tuple[str, str]]:
             facts.append((package, importlib.metadata.version(package)))
         except importlib.metadata.PackageNotFoundError:
             facts.append((package, "not installed"))
+    facts += peer_versions(peers_dir)
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     facts.append(("wrk", (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "?"))
     return facts
@@ -416,83 +667,166 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.2f}"
 
 
-def _find(results: Sequence[Result], key: str, connections: int) -> Result | None:
-    return next((r for r in results if r.target.key == key and r.connections == connections and r.rps), None)
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _runs(results: Sequence[Result], key: str, connections: int) -> list[Result]:
+    return [r for r in results if r.target.key == key and r.connections == connections and r.rps]
+
+
+def summary(results: Sequence[Result], key: str, connections: int) -> Result | None:
+    """Median req/s, p50 and p99 over the rounds of one target at one concurrency."""
+    runs = _runs(results, key, connections)
+    if not runs:
+        return None
+    return Result(
+        runs[0].target,
+        connections,
+        _median([r.rps for r in runs]),
+        _median([r.p50_s for r in runs]),
+        _median([r.p99_s for r in runs]),
+        sum(r.errors for r in runs),
+        max(r.load1 for r in runs),
+    )
+
+
+def paired_ratio(
+    results: Sequence[Result], a: str, b: str, connections: int, value: Callable[[Result, Result], float]
+) -> tuple[float | None, list[float]]:
+    """Median over rounds of ``value(a, b)`` taken within each round (and the per-round values)."""
+    per_round = []
+    for ra in _runs(results, a, connections):
+        rb = next((r for r in _runs(results, b, connections) if r.round == ra.round), None)
+        if rb is not None:
+            per_round.append(value(ra, rb))
+    return _median(per_round), per_round
+
+
+def _rps_ratio(a: Result, b: Result) -> float:
+    return (a.rps or 0.0) / (b.rps or 1.0)
 
 
 def ratios(results: Sequence[Result]) -> list[str]:
     lines = []
 
-    def ratio(a: Result | None, b: Result | None) -> float | None:
-        return a.rps / b.rps if a and b and a.rps and b.rps else None
-
-    def fmt(value: float | None, target: float, higher: bool = True) -> str:
+    def fmt(value: float | None, target: float | None, rounds: list[float], higher: bool = True) -> str:
         if value is None:
             return "n/a"
+        spread = f" [{', '.join(f'{v:.2f}' for v in rounds)}]" if len(rounds) > 1 else ""
+        if target is None:
+            return f"{value:.2f}{spread}"
         ok = value >= target if higher else value <= target
-        return f"{value:.2f} ({'meets' if ok else 'misses'} {'>=' if higher else '<='} {target:g})"
+        return f"{value:.2f}{spread} ({'meets' if ok else 'misses'} {'>=' if higher else '<='} {target:g})"
 
+    def p99s(a: str, b: str, c: int) -> str:
+        sa, sb = summary(results, a, c), summary(results, b, c)
+        if not sa or not sb or sa.p99_s is None or sb.p99_s is None:
+            return ""
+        return (
+            f"p99 {_ms(sa.p99_s)} vs {_ms(sb.p99_s)} ms ({'lower' if sa.p99_s < sb.p99_s else 'NOT lower'})"
+        )
+
+    peers = ("mlflow", "mlserver", "mlserver-batched", "mlserver-batched-inproc", "kserve")
+    for model in ("lr", "rf"):
+        for peer in peers:
+            for c in CONNECTIONS:
+                ratio, rounds = paired_ratio(results, f"{model}/uvicorn", f"{model}/{peer}", c, _rps_ratio)
+                if ratio is None:
+                    continue
+                target: float | None = None
+                if model == "lr" and c == 16:
+                    target = TARGET_VS_PEER_LR
+                elif model == "rf" and peer.startswith("mlserver-batched") and c in (16, 64):
+                    target = TARGET_VS_BATCHED_PEER_RF
+                lines.append(
+                    f"| {model} | ours (uvicorn) / {peer}, c={c} | {fmt(ratio, target, rounds)} "
+                    f"| {p99s(f'{model}/uvicorn', f'{model}/{peer}', c)} |"
+                )
+    for other in ("mlserver-batched", "mlserver-batched-inproc", "uvicorn-sklearn-greedy"):
+        for c in CONNECTIONS:
+            ratio, rounds = paired_ratio(results, "rf/uvicorn-sklearn", f"rf/{other}", c, _rps_ratio)
+            if ratio is not None:
+                lines.append(
+                    f"| rf | ours adaptive, scikit-learn's predict_proba / {other}, c={c} "
+                    f"| {fmt(ratio, None, rounds)} | same cost per call: batcher against batcher; "
+                    f"{p99s('rf/uvicorn-sklearn', f'rf/{other}', c)} |"
+                )
     for model in ("lr", "rf"):
         for c in CONNECTIONS:
-            ours, mlflow = _find(results, f"{model}/uvicorn", c), _find(results, f"{model}/mlflow", c)
-            p99_ok = "n/a"
-            if ours and mlflow and ours.p99_s is not None and mlflow.p99_s is not None:
-                p99_ok = f"p99 {_ms(ours.p99_s)} vs {_ms(mlflow.p99_s)} ms"
+            ratio, rounds = paired_ratio(results, f"{model}/uvicorn-v2", f"{model}/uvicorn", c, _rps_ratio)
+            if ratio is not None:
+                lines.append(
+                    f"| {model} | ours v2 /infer / ours /predict, c={c} "
+                    f"| {fmt(ratio, TARGET_V2_VS_PREDICT, rounds)} "
+                    f"| {p99s(f'{model}/uvicorn-v2', f'{model}/uvicorn', c)} |"
+                )
+    for c in CONNECTIONS:
+        ratio, rounds = paired_ratio(results, "lr/uvicorn", "lr/floor", c, _rps_ratio)
+        if ratio is not None:
             lines.append(
-                f"| {model} | ours (uvicorn) / mlflow serve, c={c} | {fmt(ratio(ours, mlflow), TARGET_VS_MLFLOW)} "
-                f"| {p99_ok} |"
-            )
-            bento = _find(results, f"{model}/bentoml", c)
-            lines.append(
-                f"| {model} | ours (BentoML) / mlflow serve, c={c} | {fmt(ratio(bento, mlflow), TARGET_VS_MLFLOW)} | |"
+                f"| lr | ours (uvicorn) / floor, c={c} | {fmt(ratio, TARGET_VS_FLOOR_LR, rounds)} | |"
             )
     for c in CONNECTIONS:
-        ours, floor = _find(results, "lr/uvicorn", c), _find(results, "lr/floor", c)
-        lines.append(
-            f"| lr | ours (uvicorn) / floor, c={c} | {fmt(ratio(ours, floor), TARGET_VS_FLOOR_LR)} | |"
-        )
-    for c in CONNECTIONS:
-        batched, unbatched = _find(results, "rf/uvicorn", c), _find(results, "rf/uvicorn-unbatched", c)
-        p99 = (
-            f"batched p99 {_ms(batched.p99_s)} ms (target < {TARGET_BATCHING_P99_S * 1000:g})"
-            if batched
-            else ""
-        )
-        lines.append(
-            f"| rf | batched / unbatched, c={c} | {fmt(ratio(batched, unbatched), TARGET_BATCHING_RF)} | {p99} |"
-        )
+        ratio, rounds = paired_ratio(results, "rf/uvicorn", "rf/uvicorn-unbatched", c, _rps_ratio)
+        if ratio is not None:
+            lines.append(
+                f"| rf | batched / unbatched, c={c} | {fmt(ratio, None, rounds)} "
+                f"| {p99s('rf/uvicorn', 'rf/uvicorn-unbatched', c)} |"
+            )
     for model in ("lr", "rf"):
         for runtime in ("uvicorn", "bentoml"):
             for c in CONNECTIONS:
-                on, off = (
-                    _find(results, f"{model}/{runtime}", c),
-                    _find(results, f"{model}/{runtime}-nomon", c),
+                cost, rounds = paired_ratio(
+                    results,
+                    f"{model}/{runtime}",
+                    f"{model}/{runtime}-nomon",
+                    c,
+                    lambda a, b: 1 - _rps_ratio(a, b),
                 )
-                cost = 1 - on.rps / off.rps if on and off and on.rps and off.rps else None
-                lines.append(
-                    f"| {model} | monitoring cost ({runtime}), c={c} "
-                    f"| {fmt(cost, TARGET_MONITORING_COST, higher=False)} | 1 - rps(on) / rps(off) |"
-                )
+                if cost is not None:
+                    lines.append(
+                        f"| {model} | monitoring cost ({runtime}), c={c} "
+                        f"| {fmt(cost, TARGET_MONITORING_COST, rounds, higher=False)} | 1 - rps(on) / rps(off) |"
+                    )
     return lines
 
 
+BEGIN, END = "<!-- serving-bench: begin -->", "<!-- serving-bench: end -->"
+
+
 def render(
-    results: Sequence[Result], facts: Sequence[tuple[str, str]], args: argparse.Namespace, pinned: bool
+    results: Sequence[Result],
+    facts: Sequence[tuple[str, str]],
+    args: argparse.Namespace,
+    pinned: bool,
+    problems: Sequence[str] = (),
 ) -> str:
+    rounds = max((r.round for r in results), default=0)
     out = [
+        BEGIN,
         "# Serving benchmarks",
         "",
         "Generated by `make bench` (`python -m benchmarks.serving_bench`); see that module's docstring for the method.",
-        f"wrk, {args.duration:g} s per measurement after a 1 s warm-up, single runs (no repetition: treat"
-        " differences under ~10% as noise), one server at a time, "
+        f"wrk, {args.duration:g} s per measurement (after a 1 s warm-up in the first round), {rounds} round(s): all servers of a model"
+        " run at once and the measurements alternate between them, server after server, round after round;"
+        " "
         + (
-            "server pinned to core 0 and wrk to core 1." if pinned else "no CPU pinning (fewer than 2 cores)."
-        ),
-        "Request: one row of 20 floats. A load average (1 min) well above the server's own share at the"
-        " start of a run means something else was using the machine.",
+            "servers pinned to core 0 and wrk to core 1."
+            if pinned
+            else "no CPU pinning (fewer than 2 cores)."
+        )
+        + " The machine has 2 cores and is shared with other people's work, so single numbers are noisy:"
+        " compare the ratios, which are the median of per-round ratios (each round's values in brackets),"
+        " and treat differences under ~10% as noise.",
+        "Request: one row of 20 floats. Before timing, every server answered 20 rows and its labels were"
+        " checked against scikit-learn's `predict`. Our `/predict` answers label and probabilities; MLServer"
+        " and our v2 answer the v2 tensors; KServe and `mlflow models serve` the label.",
         "req/s counts successful (2xx) answers only; `errors` are non-2xx answers (our server sheds load"
-        " past `--max-inflight` with a quick 503) and socket errors, and the latency percentiles include"
-        " those quick answers.",
+        " past `--max-inflight` with a quick 503) and socket errors, summed over rounds; latency"
+        " percentiles are medians over rounds and include those quick answers. load1 is the highest"
+        " 1-minute load average seen at the start of a measurement.",
         "",
         "## Machine",
         "",
@@ -500,17 +834,35 @@ def render(
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in facts],
         "",
+    ]
+    if problems:
+        out += ["## Not measured", "", *[f"- {p}" for p in problems], ""]
+    out += [
         "## Results",
         "",
-        "| model | server | conns | req/s | p50 ms | p99 ms | errors | load1 | note |",
+        "| model | server | conns | req/s | p50 ms | p99 ms | errors | load1 | req/s per round |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    seen: list[str] = []
     for r in results:
-        rps = "n/a" if r.rps is None else f"{r.rps:,.0f}"
-        out.append(
-            f"| {r.target.model} | {r.target.label} | {r.connections} | {rps} | {_ms(r.p50_s)} | {_ms(r.p99_s)} "
-            f"| {r.errors} | {r.load1:.2f} | {r.note} |"
-        )
+        if r.target.key not in seen:
+            seen.append(r.target.key)
+    for key in seen:
+        for c in CONNECTIONS:
+            s = summary(results, key, c)
+            runs = [r for r in results if r.target.key == key and r.connections == c]
+            if not runs:
+                continue
+            per_round = ", ".join("n/a" if r.rps is None else f"{r.rps:,.0f}" for r in runs)
+            notes = "; ".join(sorted({r.note for r in runs if r.note}))
+            t = runs[0].target
+            if s is None:
+                out.append(f"| {t.model} | {t.label} | {c} | n/a | | | | | {notes} |")
+                continue
+            out.append(
+                f"| {t.model} | {t.label} | {c} | {s.rps:,.0f} | {_ms(s.p50_s)} | {_ms(s.p99_s)} "
+                f"| {s.errors} | {s.load1:.2f} | {per_round} |"
+            )
     out += [
         "",
         "## Against the targets",
@@ -518,12 +870,75 @@ def render(
         "| model | ratio | value | detail |",
         "| --- | --- | --- | --- |",
         *ratios(results),
+        END,
         "",
     ]
     return "\n".join(out)
 
 
+def write_section(path: Path, section: str) -> None:
+    """Replace the serving section of ``path`` (between its markers), keeping everything else.
+
+    A file from before the markers starts with the serving section and goes on with other
+    sections (``## Rollouts``): the old serving part is what precedes the first of those.
+    """
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        before, _, rest = text.partition(BEGIN)
+        _, _, after = rest.partition(END)
+        text = before + section.rstrip("\n") + after
+    elif text.startswith("# Serving benchmarks"):
+        others = [
+            m.start() for m in re.finditer(r"^## (?!Machine$|Results$|Against the targets$)", text, re.M)
+        ]
+        text = section + ("\n" + text[others[0] :] if others else "")
+    else:
+        text = section + ("\n" + text if text else "")
+    path.write_text(text)
+
+
 # --------------------------------------------------------------------------- main
+
+
+@dataclasses.dataclass
+class Running:
+    target: Target
+    process: subprocess.Popen[bytes]
+    url: str
+    script: Path
+
+
+def start(target: Target, workdir: Path, env: dict[str, str], core: int | None) -> tuple[Running, Path]:
+    ports = [free_port() for _ in range(3)]
+    own = workdir / target.key.replace("/", "-")
+    own.mkdir(parents=True, exist_ok=True)
+
+    def fill(text: str) -> str:
+        return (
+            text.replace(PORT, str(ports[0]))
+            .replace("{port2}", str(ports[1]))
+            .replace("{port3}", str(ports[2]))
+            .replace(WORKDIR, str(own))
+        )
+
+    if target.config:
+        for name, content in json.loads(target.config).items():
+            text = content if isinstance(content, str) else json.dumps(content)
+            # Ports are integers in MLServer's settings.
+            text = re.sub(r'"(\{port\d?\})"', r"\1", text)
+            (own / name).write_text(fill(text))
+    command = [fill(part) for part in target.command]
+    log = own / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            pin(core, command),
+            env={**env, **target.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=own,
+        )
+    return Running(target, process, f"http://127.0.0.1:{ports[0]}", own / "wrk.lua"), log
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -540,41 +955,87 @@ def bench(args: argparse.Namespace) -> int:
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_REGISTRY_URI": tracking_uri,
         "PYTHONUNBUFFERED": "1",
+        # `mlflow models serve` runs `uvicorn` from PATH: ours, from this environment.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Servers run in their own directories; the floor is `python -m benchmarks.serving_bench`.
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
     }
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    problems: list[str] = []
+    peers_dir = Path(args.peers_dir).expanduser()
+    peers: dict[str, Path] = {}
+    for peer in PEER_ENVS if not args.no_peers else ():
+        try:
+            peers[peer] = peer_python(peers_dir, peer)
+        except (subprocess.SubprocessError, OSError) as exc:
+            problems.append(f"{peer}: its environment could not be installed ({exc})")
     print(f"bench: registering models in {workdir}", file=sys.stderr)
-    uris = register_models(workdir, tracking_uri)
+    uris, estimators, x = register_models(workdir, tracking_uri)
     model_dirs = {
         key: download_model(uri, tracking_uri, workdir / f"floor-{key}") for key, uri in uris.items()
     }
+    joblibs = {key: export_joblib(model_dirs[key], workdir / f"joblib-{key}") for key in uris}
+    check_rows = x[:: len(x) // CHECK_ROWS][:CHECK_ROWS]
     results: list[Result] = []
     selected = set(args.only.split(",")) if args.only else None
-    for target in plan(uris, model_dirs, args.quick):
-        if selected is not None and target.key not in selected:
-            continue
-        port = free_port()
-        command = [str(port) if part == PORT else part for part in target.command]
-        script = workdir / f"{target.key.replace('/', '-')}.lua"
-        script.write_text(WRK_SCRIPT.format(body=json.dumps(target.body)))
-        log = workdir / f"{target.key.replace('/', '-')}.log"
-        print(f"bench: {target.key}", file=sys.stderr)
-        with running(pin(server_core, command), env, log) as process:
-            try:
-                wait_ready(f"http://127.0.0.1:{port}{target.health}", process, timeout=180)
-            except (RuntimeError, TimeoutError) as exc:
-                tail = log.read_text(errors="replace")[-300:].replace("\n", " ").replace("|", "/")
-                results += [Result(target, c, note=f"{exc}: {tail}") for c in CONNECTIONS]
-                continue
-            url = f"http://127.0.0.1:{port}{target.path}"
-            for c in CONNECTIONS:
-                results.append(load(target, url, c, args.duration, script, client_core))
-                last = results[-1]
-                print(
-                    f"bench:   c={c} {last.rps or 0:,.0f} req/s p50 {_ms(last.p50_s)} ms p99 {_ms(last.p99_s)} ms"
-                    f" errors {last.errors}",
-                    file=sys.stderr,
-                )
-    Path(args.output).write_text(render(results, machine_facts(), args, pinned))
+    targets = [
+        t
+        for t in plan(uris, model_dirs, joblibs, peers, args.quick)
+        if selected is None or t.key in selected or t.model in selected
+    ]
+    for model in uris:
+        group = [t for t in targets if t.model == model]
+        expected = estimators[model].predict(check_rows).tolist()
+        processes: dict[tuple[Any, ...], tuple[Running, Path]] = {}
+        try:
+            ready: list[Running] = []
+            for target in group:
+                # Targets that differ only in path (/predict, v2) share one server process.
+                shared = (*target.command, *sorted(target.env.items()), target.config)
+                if shared not in processes:
+                    print(f"bench: starting {target.key}", file=sys.stderr)
+                    processes[shared] = start(target, workdir, env, server_core)
+                running, log = processes[shared]
+                run = Running(target, running.process, running.url, running.script)
+                run.script = log.parent / f"wrk-{target.key.replace('/', '-')}.lua"
+                run.script.write_text(WRK_SCRIPT.format(body=json.dumps(target.body)))
+                # One at a time: a server calibrates its model while it loads, and must not
+                # measure while the next ones start on the same core.
+                try:
+                    wait_ready(run.url + target.health, run.process, timeout=240)
+                except (RuntimeError, TimeoutError) as exc:
+                    tail = log.read_text(errors="replace")[-300:].replace("\n", " ").replace("|", "/")
+                    problems.append(f"{target.key} ({target.label}): {exc}: {tail}")
+                    continue
+                if (wrong := check_predictions(target, run.url, check_rows, expected)) is not None:
+                    problems.append(f"{target.key} ({target.label}): predictions checked: {wrong}")
+                    continue
+                ready.append(run)
+            print(f"bench: {model}: {len(ready)} targets ready and checked", file=sys.stderr)
+            for round_ in range(1, args.rounds + 1):
+                for c in CONNECTIONS:
+                    for run in ready:
+                        # The servers stay up between rounds: one warm-up (the first round) is enough.
+                        result = load(
+                            run.target,
+                            run.url + run.target.path,
+                            c,
+                            args.duration,
+                            run.script,
+                            client_core,
+                            warm_up=round_ == 1,
+                        )
+                        result.round = round_
+                        results.append(result)
+                        print(
+                            f"bench: round {round_} {run.target.key} c={c} {result.rps or 0:,.0f} req/s"
+                            f" p50 {_ms(result.p50_s)} ms p99 {_ms(result.p99_s)} ms errors {result.errors}",
+                            file=sys.stderr,
+                        )
+        finally:
+            for running, _ in processes.values():
+                stop(running.process)
+    write_section(Path(args.output), render(results, machine_facts(peers_dir), args, pinned, problems))
     print(f"bench: wrote {args.output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -589,10 +1050,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serving_bench", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--output", default="BENCHMARKS.md", help="markdown file to write")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (default 5)")
+    parser.add_argument(
+        "--output", default="BENCHMARKS.md", help="markdown file whose serving section to write"
+    )
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per run (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all servers (default 3)")
     parser.add_argument("--quick", action="store_true", help="skip the BentoML runtime (a faster smoke run)")
-    parser.add_argument("--only", help="comma-separated target keys, e.g. lr/uvicorn,lr/floor")
+    parser.add_argument("--no-peers", action="store_true", help="skip MLServer and KServe (no venvs)")
+    parser.add_argument(
+        "--peers-dir",
+        default="~/.cache/mlops-bench",
+        help="where the peers' virtual environments live (created on first use)",
+    )
+    parser.add_argument(
+        "--only", help="comma-separated target keys or models, e.g. lr/uvicorn,lr/floor or rf"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, MLflow store)")
     return bench(parser.parse_args(argv))
 

@@ -44,3 +44,33 @@ def test_the_rollout_section_replaces_itself_and_keeps_the_rest(tmp_path: Path) 
     write_section(path, "## Rollouts\n\nfirst\n")
     write_section(path, "## Rollouts\n\nsecond\n")
     assert path.read_text() == "# Benchmarks\n\n## Serving\n\nnumbers\n\n## Rollouts\n\nsecond\n"
+
+
+def test_the_serving_section_replaces_itself_and_keeps_the_rest(tmp_path: Path) -> None:
+    from benchmarks.serving_bench import BEGIN, END, write_section
+
+    path = tmp_path / "BENCHMARKS.md"
+    # A file from before the markers: the serving part first, other sections after it.
+    path.write_text("# Serving benchmarks\n\n## Machine\n\nold\n\n## Results\n\nold\n\n## Rollouts\n\nkept\n")
+    write_section(path, f"{BEGIN}\n# Serving benchmarks\n\nfirst\n{END}\n")
+    write_section(path, f"{BEGIN}\n# Serving benchmarks\n\nsecond\n{END}\n")
+    assert path.read_text() == f"{BEGIN}\n# Serving benchmarks\n\nsecond\n{END}\n\n## Rollouts\n\nkept\n"
+
+
+def test_ratios_pair_servers_within_each_round() -> None:
+    from benchmarks.serving_bench import Result, Target, _rps_ratio, paired_ratio
+
+    def result(key: str, round_: int, rps: float) -> Result:
+        target = Target(key, "rf", key, [], "/", "", "/")
+        return Result(target, 16, rps=rps, p50_s=0.001, p99_s=0.002, round=round_)
+
+    # Round 2 was slowed by a neighbour for both servers: the per-round ratio does not care.
+    results = [
+        result("a", 1, 200),
+        result("b", 1, 100),
+        result("a", 2, 60),
+        result("b", 2, 30),
+        result("a", 3, 150),
+    ]
+    ratio, rounds = paired_ratio(results, "a", "b", 16, _rps_ratio)
+    assert rounds == [2.0, 2.0] and ratio == 2.0

@@ -25,6 +25,34 @@ def _weighted(snapshots: list[dict[str, Any]], key: str, weight: str) -> tuple[f
     return value, total
 
 
+#: Drop reasons that mean data was lost (``sampled`` is by design).
+_LOSSES = ("writeError", "maxBytes", "backlog")
+
+
+def summarize_capture(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``status.monitoring.capture`` from the servers' ``capture`` blocks (None: nobody captures)."""
+    if not blocks:
+        return None
+    dropped = sum(int((b.get("dropped") or {}).get(reason) or 0) for b in blocks for reason in _LOSSES)
+    states = {str(b.get("state")) for b in blocks}
+    state = next((s for s in ("Failing", "Full", "Ok") if s in states), "Unknown")
+    summary: dict[str, Any] = {
+        "state": state,
+        "predictions": sum(int(b.get("predictions") or 0) for b in blocks),
+        "labels": sum(int(b.get("labels") or 0) for b in blocks),
+        "dropped": dropped,
+    }
+    failing = [b for b in blocks if b.get("state") == "Failing"]
+    if failing:
+        summary["message"] = (
+            f"{len(failing)} of {len(blocks)} servers cannot write (they keep serving, rows are dropped): "
+            f"{failing[0].get('lastError') or 'unknown error'}"
+        )[:1024]
+    elif state == "Full":
+        summary["message"] = "a server reached capture.maxBytesPerDay today: rows are dropped until tomorrow"
+    return summary
+
+
 def summarize(snapshots: list[dict[str, Any]], spec: Monitoring) -> dict[str, Any]:
     """The ``status.monitoring`` block (wire form) and the verdicts behind the conditions.
 
@@ -49,4 +77,7 @@ def summarize(snapshots: list[dict[str, Any]], spec: Monitoring) -> dict[str, An
     if accuracy is not None:
         status["accuracy"] = _fmt(accuracy)
         accuracy_low = accuracy < float(spec.accuracy.min)
+    capture = summarize_capture([s["capture"] for s in snapshots if isinstance(s.get("capture"), dict)])
+    if capture is not None:
+        status["capture"] = capture
     return {"status": status, "drift": drift, "accuracyLow": accuracy_low}

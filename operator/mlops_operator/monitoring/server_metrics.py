@@ -30,6 +30,8 @@ mlops_model_mae                            gauge      model, version            
 mlops_model_labelled_samples               gauge      model, version                    labelled outcomes in the accuracy window
 mlops_model_feedback_total                 counter    model, version, result            feedback received: matched|unknown|duplicate
 mlops_model_pending_predictions            gauge      model, version                    predictions waiting for feedback (store size)
+mlops_model_capture_rows_total             counter    model, version, table             rows written to the capture store (predictions|labels)
+mlops_model_capture_dropped_rows_total     counter    model, version, reason            rows not captured: sampled|writeError|maxBytes|backlog
 =========================================  =========  ================================  ==============================================
 
 Insufficient data is *absence*: below the minimum sample count the drift score, p-value,
@@ -79,6 +81,8 @@ MAE = "mlops_model_mae"
 LABELLED_SAMPLES = "mlops_model_labelled_samples"
 FEEDBACK_TOTAL = "mlops_model_feedback_total"
 PENDING_PREDICTIONS = "mlops_model_pending_predictions"
+CAPTURE_ROWS_TOTAL = "mlops_model_capture_rows_total"
+CAPTURE_DROPPED_ROWS_TOTAL = "mlops_model_capture_dropped_rows_total"
 
 MODEL_LABELS = ("model", "version")
 REQUEST_LABELS = (*MODEL_LABELS, "endpoint", "code")

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from mlops_operator import __version__
 from mlops_operator.serving import feedback, v2
 from mlops_operator.serving.batching import Batcher, Runner
+from mlops_operator.serving.capture import CaptureConfig, CaptureWriter
 from mlops_operator.serving.request_validation import (
     InputSchema,
     RequestError,
@@ -41,6 +42,7 @@ from mlops_operator.serving.request_validation import (
     parse_predict,
 )
 from mlops_operator.serving.served_model import ServedModel
+from mlops_operator.serving.shadow_mirror import ShadowMirror
 from mlops_operator.serving.telemetry import HttpMetrics, MonitorLike, ObservationFeed
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,13 @@ class ServerConfig:
     freeze_gc: bool = True
     # host:port at which the other replicas reach this one (routable request ids).
     advertise_address: str | None = None
+    # Shadow rollout: copy every prediction request to this candidate (see shadow_mirror.py).
+    shadow_url: str | None = None
+    shadow_version: str | None = None
+    shadow_max_inflight: int = 32
+    shadow_timeout_ms: float = 1000.0
+    # Durable capture of predictions and labels (see capture.py); None: off.
+    capture: CaptureConfig | None = None
 
 
 class ClientDisconnectedError(Exception):
@@ -140,10 +149,13 @@ class ServingApp:
         self.runner: Runner | None = None
         self.feed: ObservationFeed | None = None
         self.monitor: MonitorLike | None = None
+        self.shadow: ShadowMirror | None = None
+        self.capture: CaptureWriter | None = None
         self.inflight = 0
         self._id_prefix = feedback.id_prefix(self.config.advertise_address, secrets.token_hex(4))
         self._ids = itertools.count(1)
         self._load_thread: threading.Thread | None = None
+        self._model_routes: dict[str, tuple[Route | None, tuple[str, ...]]] = {}
         self._routes: dict[str, Route] = {
             "/predict": ("/predict", {"POST": self._predict}),
             "/health": ("/health", {"GET": self._health}),
@@ -168,7 +180,14 @@ class ServingApp:
         inline = calibration.one_row_s < _inline_limit()
         runner: Runner
         if batch > 1:
-            runner = Batcher(model.predict, max_batch_size=batch, max_wait_s=config.max_batch_wait_ms / 1000)
+            runner = Batcher(
+                model.predict,
+                max_batch_size=batch,
+                max_wait_s=config.max_batch_wait_ms / 1000 or None,
+                one_row_s=calibration.one_row_s,
+                batch_rows=calibration.batch_rows,
+                batch_s=calibration.batch_s,
+            )
         else:
             runner = Runner(model.predict, inline=inline)
         logger.info(
@@ -178,8 +197,8 @@ class ServingApp:
             calibration.one_row_s * 1e6,
             calibration.batch_s * 1e6,
             calibration.batch_rows,
-            f"batching up to {batch} rows within {config.max_batch_wait_ms} ms"
-            if batch > 1
+            f"batching up to {batch} rows, adaptive window of at most {runner.max_wait_s * 1000:.2f} ms"
+            if isinstance(runner, Batcher)
             else ("inline calls" if inline else "calls in a worker thread"),
         )
         self.schema = InputSchema(model.n_features, model.feature_names, config.max_rows)
@@ -189,6 +208,29 @@ class ServingApp:
             if monitor is not None
             else None
         )
+        if config.shadow_url and config.shadow_version:
+            self.shadow = ShadowMirror(
+                config.shadow_url,
+                config.shadow_version,
+                classification=model.is_classifier,
+                max_inflight=config.shadow_max_inflight,
+                timeout_s=config.shadow_timeout_ms / 1000,
+            )
+            logger.info(
+                "shadow: copying prediction requests to version %s at %s",
+                config.shadow_version,
+                config.shadow_url,
+            )
+        if config.capture is not None:
+            self.capture = CaptureWriter(
+                config.capture,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                feature_names=model.feature_names or [f"f{i}" for i in range(model.n_features)],
+                classification=model.is_classifier,
+                registry=self.registry,
+            )
+            logger.info("capture: predictions and labels to %s", config.capture.uri)
         self.runner = runner
         self.model = model
         if config.freeze_gc:
@@ -235,6 +277,10 @@ class ServingApp:
                     self.feed.flush()
                 if self.runner is not None:
                     await self.runner.close()
+                if self.shadow is not None:
+                    await self.shadow.close()
+                if self.capture is not None:
+                    await asyncio.to_thread(self.capture.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -250,10 +296,19 @@ class ServingApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        route = self._routes.get(path) or self._routes.get(path.rstrip("/") or "/")
+        route = self._routes.get(path)
         params: tuple[str, ...] = ()
-        if route is None and path.startswith("/v2/models/"):
-            route, params = self._model_route(path)
+        if route is None:
+            # /v2/models/... paths are parsed once, then found here (bounded: paths come from clients).
+            cached = self._model_routes.get(path)
+            if cached is not None:
+                route, params = cached
+            else:
+                route = self._routes.get(path.rstrip("/") or "/")
+                if route is None and path.startswith("/v2/models/"):
+                    route, params = cached = self._model_route(path)
+                    if len(self._model_routes) < 256:
+                        self._model_routes[path] = cached
         if route is None:
             status = await self._error(send, 404, f"no route {path}")
             self.metrics.observe("other", status, time.perf_counter() - started)
@@ -398,9 +453,13 @@ class ServingApp:
             status = await self._send(send, 200, dumps(answer))
         finally:
             self.inflight -= 1
-        # After the response went out: the client does not wait for monitoring.
+        # After the response went out: the client does not wait for monitoring or the mirror.
         if self.feed is not None:
             self.feed.add(matrix, result.labels, ids)
+        if self.shadow is not None:
+            self.shadow.submit(matrix, result.labels, ids)
+        if self.capture is not None:
+            self.capture.add(matrix, result.labels, ids)
         return status
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str) -> int:
@@ -443,6 +502,10 @@ class ServingApp:
             self.inflight -= 1
         if self.feed is not None:
             self.feed.add(infer.matrix, result.labels, ids)
+        if self.shadow is not None:
+            self.shadow.submit(infer.matrix, result.labels, ids)
+        if self.capture is not None:
+            self.capture.add(infer.matrix, result.labels, ids)
         return status
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> int:
@@ -457,7 +520,15 @@ class ServingApp:
             )
         self.feed.flush()  # ids still buffered must be known to the monitor first
         local, remote = self._route_feedback(scope, items)
-        unknown = [request_id for request_id, label in local if not self.monitor.feedback(request_id, label)]
+        unknown = []
+        for request_id, label in local:
+            if not self.monitor.feedback(request_id, label):
+                unknown.append(request_id)
+                continue
+            if self.shadow is not None:
+                self.shadow.label(request_id, label)
+            if self.capture is not None:
+                self.capture.label(request_id, label)
         accepted = len(local) - len(unknown)
         for address, routed in remote.items():
             remote_accepted, remote_unknown = await asyncio.to_thread(feedback.forward, address, routed)
@@ -498,7 +569,12 @@ class ServingApp:
             message = "monitoring is disabled" if self.state == "ready" else "the model is not loaded yet"
             return await self._send(send, 404 if self.state == "ready" else 503, dumps({"error": message}))
         self.feed.flush()
-        return await self._send(send, 200, dumps(self.monitor.snapshot()))
+        snapshot = self.monitor.snapshot()
+        if self.shadow is not None and isinstance(snapshot.get("counters"), dict):
+            snapshot["counters"]["shadow"] = self.shadow.counters()
+        if self.capture is not None:
+            snapshot["capture"] = self.capture.status()
+        return await self._send(send, 200, dumps(snapshot))
 
     def _health_body(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ offending field, row and column. Nothing here calls the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -89,8 +90,9 @@ class InputSchema:
     feature_names: list[str] | None
     max_rows: int
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
+        """Feature name -> column (computed once: the v2 path looks it up on every request)."""
         return {n: i for i, n in enumerate(self.feature_names or [])}
 
     def column(self, j: int) -> str:

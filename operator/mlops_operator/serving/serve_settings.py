@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops_operator.logging_setup import LOG_FORMAT_ENV, LogFormat
 from mlops_operator.serving.asgi_app import ServerConfig
+from mlops_operator.serving.capture import CaptureConfig
 
 ENV_PREFIX = "MLOPS_SERVE_"
 
@@ -43,9 +44,9 @@ class ServeSettings(BaseSettings):
     max_batch_wait_ms: float = Field(
         default=0.0,
         ge=0,
-        description="Longest a request waits for its batch to fill. 0 (greedy): an idle model starts at "
-        "once and the requests that arrive during a call form the next batch; measured best up to 64 "
-        "connections (a window only adds its length to every request at low load).",
+        description="Bound of the adaptive batching window: the longest a request waits, once the model "
+        "is free, for its batch to fill. The window itself is chosen per batch from the measured call "
+        "cost and arrivals (an idle server answers at once). 0: the measured fixed cost of one call.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1, description="Larger bodies are refused with 413.")
     max_rows: int = Field(default=1000, ge=1, description="Most rows in one request (413 above).")
@@ -73,6 +74,36 @@ class ServeSettings(BaseSettings):
         description="IPv4:port where the other replicas reach this one; request ids then carry it "
         "and /feedback forwards labels to the replica that made the prediction.",
     )
+    shadow_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+/?$",
+        description="Shadow rollout: copy every prediction request to the candidate server at this "
+        "base URL (set by the operator on the stable version's pods).",
+    )
+    shadow_version: str | None = Field(default=None, description="The candidate version at shadow_url.")
+    shadow_max_inflight: int = Field(
+        default=32, ge=1, description="Copies waiting for the candidate at once; beyond, dropped (counted)."
+    )
+    shadow_timeout_ms: float = Field(
+        default=1000.0, gt=0, description="A copy not answered within this is dropped (counted)."
+    )
+    capture_uri: str | None = Field(
+        default=None,
+        description="Capture predictions and labels as Parquet under this fsspec URI (file://, s3://); "
+        "unset: no capture.",
+    )
+    capture_sample_rate: float = Field(
+        default=1.0, gt=0, le=1, description="Share of requests captured (by a hash of the request id)."
+    )
+    capture_flush_rows: int = Field(
+        default=1000, ge=1, description="Write a batch once this many rows wait (a crash loses at most this)."
+    )
+    capture_flush_seconds: float = Field(
+        default=10.0, gt=0, description="Write waiting rows at least this often (seconds)."
+    )
+    capture_max_bytes_per_day: int = Field(
+        default=1 << 30, ge=1, description="Bytes this process writes per UTC day; beyond, rows are dropped."
+    )
     download_dir: str | None = Field(
         default=None, description="Where to download artifacts (default: a temp dir)."
     )
@@ -94,6 +125,19 @@ class ServeSettings(BaseSettings):
             max_batch_wait_ms=self.max_batch_wait_ms,
             freeze_gc=self.freeze_gc,
             advertise_address=self.advertise_address,
+            shadow_url=self.shadow_url,
+            shadow_version=self.shadow_version,
+            shadow_max_inflight=self.shadow_max_inflight,
+            shadow_timeout_ms=self.shadow_timeout_ms,
+            capture=CaptureConfig(
+                uri=self.capture_uri,
+                sample_rate=self.capture_sample_rate,
+                flush_rows=self.capture_flush_rows,
+                flush_seconds=self.capture_flush_seconds,
+                max_bytes_per_day=self.capture_max_bytes_per_day,
+            )
+            if self.capture_uri
+            else None,
         )
 
     def to_env(self) -> dict[str, str]:

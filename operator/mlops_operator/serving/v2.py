@@ -11,6 +11,7 @@ Outputs: ``predict`` (labels) and, for classifiers, ``predict_proba`` (``[rows, 
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from itertools import chain
@@ -87,7 +88,7 @@ def _flatten(data: Any, shape: list[int], where: str) -> list[Any]:
         if depth >= max(len(shape), 1) or not all(type(v) is list for v in flat):
             raise bad(f"{where}.data is nested deeper than its shape {shape} or unevenly")
         flat = list(chain.from_iterable(flat))
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
     if len(flat) != expected:
         raise bad(f"{where}.data has {len(flat)} values, shape {shape} needs {expected}")
     return flat
@@ -113,7 +114,7 @@ def _tensor(spec: Any, i: int, binary: bytes, offset: int) -> tuple[str, list[in
     params = spec.get("parameters") or {}
     if type(params) is not dict:
         raise bad(f"{where}.parameters must be an object")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     size = params.get("binary_data_size")
     if size is not None:
         dtype = np.dtype(NUMERIC_DATATYPES[datatype])
@@ -135,14 +136,70 @@ def _tensor(spec: Any, i: int, binary: bytes, offset: int) -> tuple[str, list[in
             values = np.array(flat, dtype=np.float64)
         except OverflowError:
             raise bad(f"{where}.data holds a number that overflows a 64-bit float") from None
+        # JSON numbers are finite here: the parser refuses NaN, Infinity and 1e400, and an
+        # integer too large for a float raised just above. Only raw bytes need the check.
+        return name, shape, values, offset
     if not np.isfinite(values).all():
         j = int(np.argwhere(~np.isfinite(values))[0][0])
         raise bad(f"{where}.data[{j}] is not a finite number")
     return name, shape, values, offset
 
 
+#: Datatypes whose JSON numbers the fast path takes as they are (integers are exact in float64
+#: up to 2**53; narrower float types only round what the client meant).
+_FAST_DATATYPES = frozenset({"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8"})
+
+
+def _fast_matrix(header: dict[str, Any], binary: bytes, schema: InputSchema) -> FloatArray | None:
+    """The common request's matrix in a few C-level steps, or None to take the full path.
+
+    One JSON tensor ``[rows, n_features]`` of a numeric datatype, flat or nested data of plain
+    numbers, no binary part: what MLServer's, KServe's and Triton's clients send for one row.
+    Anything else (or anything wrong) goes through :func:`parse_infer`'s full validation, which
+    names the offending field.
+    """
+    inputs = header.get("inputs")
+    if binary or type(inputs) is not list or len(inputs) != 1:
+        return None
+    spec = inputs[0]
+    if type(spec) is not dict or spec.get("parameters") or spec.get("datatype") not in _FAST_DATATYPES:
+        return None
+    shape, data, name = spec.get("shape"), spec.get("data"), spec.get("name")
+    if (
+        type(name) is not str
+        or not name
+        or (schema.feature_names is not None and name in schema.index)
+        or type(shape) is not list
+        or len(shape) != 2
+        or type(shape[0]) is not int
+        or shape[1] != schema.n_features
+        or type(shape[1]) is not int
+        or not 0 < shape[0] <= schema.max_rows
+        or type(data) is not list
+    ):
+        return None
+    if data and type(data[0]) is list:
+        if not all(type(row) is list for row in data):
+            return None
+        flat = list(chain.from_iterable(data))
+    else:
+        flat = data
+    if len(flat) != shape[0] * shape[1] or not set(map(type, flat)) <= _NUMBER_TYPES:
+        return None
+    if spec["datatype"][0] == "I" and float in set(map(type, flat)):
+        return None
+    try:
+        return np.array(flat, dtype=np.float64).reshape(shape[0], shape[1])
+    except (OverflowError, ValueError):
+        return None
+
+
 def parse_infer(header: Any, binary: bytes, schema: InputSchema, is_classifier: bool) -> InferRequest:
     """Validate a v2 inference request into a matrix of shape ``[rows, n_features]``."""
+    if type(header) is dict and (matrix := _fast_matrix(header, binary, schema)) is not None:
+        request_id = header.get("id")
+        if request_id is None or (type(request_id) is str and len(request_id) <= MAX_ID_LENGTH):
+            return InferRequest(matrix=matrix, request_id=request_id, outputs=_outputs(header, is_classifier))
     if type(header) is not dict:
         raise bad(f"body must be a JSON object with 'inputs', got {_kind(header)}")
     request_id = header.get("id")
@@ -208,7 +265,16 @@ def _columns_by_name(tensors: list[tuple[str, list[int], FloatArray]], schema: I
     return np.column_stack([columns[n] for n in schema.feature_names])
 
 
+#: What is returned when the request names no outputs and sets no parameters (never mutated).
+_DEFAULT_OUTPUTS = {
+    True: {OUTPUT_PREDICT: False, OUTPUT_PROBA: False},
+    False: {OUTPUT_PREDICT: False},
+}
+
+
 def _outputs(header: dict[str, Any], is_classifier: bool) -> dict[str, bool]:
+    if "outputs" not in header and "parameters" not in header:
+        return _DEFAULT_OUTPUTS[is_classifier]
     available = [OUTPUT_PREDICT, OUTPUT_PROBA] if is_classifier else [OUTPUT_PREDICT]
     params = header.get("parameters") or {}
     default_binary = bool(params.get("binary_data_output", False)) if type(params) is dict else False
