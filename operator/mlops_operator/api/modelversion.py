@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -45,10 +46,31 @@ class Source(ApiModel):
     sha256: Sha256 | None = Field(default=None, description="Digest of the model directory, checked at load.")
 
 
+class DatasetSource(ApiModel):
+    """One source of the training data: the dataset, or captured production rows."""
+
+    name: Literal["dataset", "production"]
+    uri: Annotated[str, Field(max_length=2048)]
+    rows: Annotated[int, Field(ge=0)]
+    sha256: Sha256 | None = None
+    model: Annotated[str, Field(max_length=128)] | None = Field(
+        default=None, description="production: the served model whose captured rows were read."
+    )
+    first_request_time: dt.datetime | None = Field(
+        default=None, description="production: when the oldest row used was predicted."
+    )
+    last_request_time: dt.datetime | None = Field(
+        default=None, description="production: when the newest row used was predicted."
+    )
+
+
 class DatasetLineage(ApiModel):
     uri: Annotated[str, Field(max_length=2048)]
-    sha256: Sha256 | None = None
+    sha256: Sha256 | None = Field(default=None, description="Digest of the data trained on (all sources).")
     rows: Annotated[int, Field(ge=0)] | None = None
+    sources: Annotated[list[DatasetSource], Field(max_length=4)] | None = Field(
+        default=None, description="Rows per source, when production data was added."
+    )
 
 
 class Lineage(ApiModel):

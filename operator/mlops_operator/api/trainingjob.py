@@ -75,6 +75,31 @@ class EnvFromSecret(ApiModel):
     secret_key_ref: SecretKeyRef
 
 
+#: An age: "7d", "36h", "90m".
+Age = Annotated[str, Field(max_length=16, pattern=r"^[0-9]{1,5}(d|h|m)$")]
+
+
+class ProductionData(ApiModel):
+    """Labelled production rows an InferenceService captured (its ``spec.capture``), added to the dataset.
+
+    Only predictions that received a label are used: their features, with the label as the target.
+    """
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^(file|s3|gs)://.+$")] = Field(
+        description="The capture URI (the InferenceService's spec.capture.uri)."
+    )
+    model: ModelName | None = Field(
+        default=None, description="The served model whose rows to read (default: spec.model.name)."
+    )
+    since: Age = Field(default="7d", description="Only rows predicted within this age (d, h or m).")
+    max_rows: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=100_000, description="The most recent labelled rows kept, at most."
+    )
+    min_rows: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=1, description="Fewer labelled rows than this fails the run (DataValidationFailed)."
+    )
+
+
 class Dataset(ApiModel):
     uri: Annotated[
         str, Field(min_length=1, max_length=2048, pattern=r"^(sklearn|file|https?|s3|gs)://.+$")
@@ -89,6 +114,11 @@ class Dataset(ApiModel):
     validation: DataValidation = Field(default_factory=DataValidation)
     env: Annotated[list[EnvFromSecret], Field(max_length=32)] | None = Field(
         default=None, description="Credentials for s3:// or https:// (e.g. AWS_ACCESS_KEY_ID) from Secrets."
+    )
+    production: ProductionData | None = Field(
+        default=None,
+        description="Add the labelled production rows an InferenceService captured (lineage counts rows "
+        "per source).",
     )
 
 
@@ -143,6 +173,23 @@ class ModelCardTemplate(ApiModel):
     owners: Annotated[list[ShortString], Field(max_length=16)] | None = None
 
 
+Engine = Literal["Job", "Ray"]
+
+
+class RayClusterConfig(ApiModel):
+    """The Ray cluster a run with ``engine: Ray`` gets: one head (the trainer) and its workers."""
+
+    workers: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=2, description="Worker pods; search trials spread over them and the head."
+    )
+    worker_resources: ResourceRequirements | None = Field(
+        default=None, description="Each worker pod's resources (the head takes spec.resources)."
+    )
+    ray_version: Annotated[str, Field(max_length=32, pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")] = Field(
+        default="2.60.0", description="The Ray version in the trainer image (KubeRay's rayVersion)."
+    )
+
+
 class TrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -151,6 +198,11 @@ class TrainingJobSpec(ApiModel):
                 "startingDeadlineSeconds needs a schedule",
             ),
             ("!has(self.timeZone) || has(self.schedule)", "timeZone needs a schedule"),
+            (
+                "!has(self.ray) || (has(self.engine) && self.engine == 'Ray')",
+                "spec.ray needs engine: Ray",
+                ".ray",
+            ),
         )
     )
 
@@ -176,14 +228,21 @@ class TrainingJobSpec(ApiModel):
         default=None, description="Override the trainer image (default: the operator's MLOPS_TRAINER_IMAGE)."
     )
     service_account_name: ObjectName | None = None
+    engine: Engine = Field(
+        default="Job",
+        description="Job: each run is a batch/v1 Job. Ray: each run is a KubeRay RayJob (ray.io/v1) "
+        "whose search trials spread over a Ray cluster; needs KubeRay installed.",
+    )
+    ray: RayClusterConfig | None = Field(default=None, description="The Ray cluster of engine: Ray.")
 
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
 class TrainingRun(ApiModel):
-    name: ObjectName = Field(description="The Job's name.")
+    name: ObjectName = Field(description="The Job's (or RayJob's) name.")
     number: Annotated[int, Field(ge=1)]
+    engine: Engine | None = Field(default=None, description="What ran it: a Job, or a RayJob (Ray).")
     phase: RunPhase
     trigger: Literal["Create", "Schedule", "Manual", "Retrain", "SpecChange"] = "Create"
     start_time: dt.datetime | None = None

@@ -1,7 +1,13 @@
-"""Reconciliation of a TrainingJob: runs as Jobs, their outcomes, the ModelVersions they produce.
+"""Reconciliation of a TrainingJob: runs as Jobs (or KubeRay RayJobs), their outcomes, the ModelVersions.
 
-The decisions (when to run, what a Job's state means) are pure functions in ``trainingjob_runs.py``; this
-module reads the Jobs and pods, applies those decisions and writes the status.
+The decisions (when to run, what a Job's or RayJob's state means) are pure functions in
+``trainingjob_runs.py``; this module reads the Jobs, RayJobs and pods, applies those decisions
+and writes the status.
+
+``engine: Ray`` needs KubeRay's RayJob CRD. Without it (discovery does not list ``rayjobs`` in
+``ray.io/v1``) no run starts and ``Ready=False, reason=KubeRayNotInstalled`` says what to
+install. That is not an error kopf retries: the next timer tick looks again, so the runs start
+once KubeRay is installed.
 """
 
 from __future__ import annotations
@@ -9,21 +15,94 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import kopf
+
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.controllers import trainingjob_runs
 from mlops_operator.controllers.base import Context
 from mlops_operator.controllers.conditions import now_iso, set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError
 from mlops_operator.controllers.operator_metrics import record_run_finished
-from mlops_operator.resources.trainingjob_children import build_model_version, build_training_job, run_name
+from mlops_operator.registry.mlflow_registry import RegistryUnavailable
+from mlops_operator.resources.trainingjob_children import (
+    build_model_version,
+    build_training_job,
+    build_training_rayjob,
+    run_name,
+)
+
+#: Ready's reason while engine: Ray waits for KubeRay.
+KUBERAY_MISSING = "KubeRayNotInstalled"
+KUBERAY_MISSING_MESSAGE = (
+    "spec.engine is Ray, but this cluster does not serve KubeRay's RayJob (ray.io/v1 rayjobs): "
+    "install KubeRay (helm install kuberay-operator kuberay/kuberay-operator), or set spec.engine: Job; "
+    "no run starts until then"
+)
 
 
 def _finished(run: dict[str, Any] | None) -> bool:
     return run is not None and run.get("phase") in ("Succeeded", "Failed")
 
 
-def _observe(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every run: live Jobs observed afresh, finished ones as recorded, vanished ones settled."""
+def _kind(run: dict[str, Any]) -> str:
+    """The kind of a run's object: a RayJob for engine Ray, else (older records too) a Job."""
+    return "RayJob" if run.get("engine") == "Ray" else "Job"
+
+
+def _serves_rayjobs(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]]) -> bool:
+    """Whether KubeRay's RayJobs are served, asked (discovery) only when engine Ray or a live Ray run needs it."""
+    wanted = ctx.spec.engine == "Ray" or any(
+        _kind(run) == "RayJob" and not _finished(run) for run in recorded.values()
+    )
+    return wanted and ctx.kube.serves("RayJob")
+
+
+def _rayjob_runs(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The RayJobs of the TrainingJob observed as runs (call only when RayJobs are served)."""
+    rayjobs = ctx.kube.list("RayJob", ctx.namespace, label_selector=f"mlops.dev/trainingjob={ctx.name}")
+    runs = []
+    for rayjob in rayjobs:
+        name = rayjob["metadata"]["name"]
+        previous = recorded.get(name)
+        if previous is not None and _finished(previous):
+            runs.append(previous)
+            continue
+        result = None
+        if trainingjob_runs.rayjob_finished(rayjob) == "Succeeded":
+            # The identity tags the trainer puts on its version (trainer/tracking.py *_TAG).
+            identity = {
+                "mlops.dev/run-name": name,
+                "mlops.dev/namespace": ctx.namespace,
+                "mlops.dev/trainingjob": ctx.name,
+            }
+            try:
+                result = ctx.registry.run_result(ctx.spec.model.name, identity)
+            except RegistryUnavailable as exc:
+                # The run stays unrecorded as finished: the next attempt reads the result again.
+                raise kopf.TemporaryError(f"reading run {name}'s result: {exc}", delay=30) from exc
+        runs.append(_settle(ctx, trainingjob_runs.observe_rayjob(rayjob, result), result))
+    return runs
+
+
+def _settle(
+    ctx: Context[TrainingJobSpec], run: dict[str, Any], result: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Act on a run seen finished for the first time: register its ModelVersion, or tell its failure."""
+    if run["phase"] == "Succeeded":
+        _register(ctx, run, result)
+    elif run["phase"] == "Failed":
+        ctx.event(
+            "Warning", run.get("reason", "Failed"), f"run {run['name']} failed: {run.get('message', '')}"
+        )
+    if _finished(run):  # first seen finished: later reconciles take it as recorded
+        record_run_finished(ctx.namespace, ctx.name, run)
+    return run
+
+
+def _observe(
+    ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]], rayjobs_served: bool
+) -> list[dict[str, Any]]:
+    """Every run: live Jobs and RayJobs observed afresh, finished ones as recorded, vanished ones settled."""
     jobs = ctx.kube.list("Job", ctx.namespace, label_selector=f"mlops.dev/trainingjob={ctx.name}")
     observed: dict[str, dict[str, Any]] = {}
     for job in jobs:
@@ -34,13 +113,10 @@ def _observe(ctx: Context[TrainingJobSpec], recorded: dict[str, dict[str, Any]])
             continue
         pods = ctx.kube.list("Pod", ctx.namespace, label_selector=f"job-name={name}")
         run = trainingjob_runs.observe_run(job, pods)
-        if run["phase"] == "Succeeded":
-            _register(ctx, run, trainingjob_runs.trainer_result(pods))
-        elif run["phase"] == "Failed":
-            ctx.event("Warning", run.get("reason", "Failed"), f"run {name} failed: {run.get('message', '')}")
-        if _finished(run):  # first seen finished: later reconciles take it as recorded
-            record_run_finished(ctx.namespace, ctx.name, run)
-        observed[name] = run
+        result = trainingjob_runs.trainer_result(pods) if run["phase"] == "Succeeded" else None
+        observed[name] = _settle(ctx, run, result)
+    for run in _rayjob_runs(ctx, recorded) if rayjobs_served else []:
+        observed[run["name"]] = run
     for name, previous in recorded.items():
         if name in observed:
             continue
@@ -76,7 +152,8 @@ def _register(ctx: Context[TrainingJobSpec], run: dict[str, Any], result: dict[s
 
 def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str, Any]:
     settings = ctx.settings
-    job = build_training_job(
+    build = build_training_rayjob if ctx.spec.engine == "Ray" else build_training_job
+    job = build(
         ctx.owner,
         ctx.spec,
         number=number,
@@ -87,8 +164,18 @@ def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str
         log_format=settings.log_format,
     )
     ctx.kube.apply(job)
-    ctx.event("Normal", "RunStarted", f"run {job['metadata']['name']} started ({trigger})")
-    return {"name": job["metadata"]["name"], "number": number, "trigger": trigger, "phase": "Pending"}
+    ctx.event("Normal", "RunStarted", f"run {job['metadata']['name']} started ({trigger}) as a {job['kind']}")
+    run = {"name": job["metadata"]["name"], "number": number, "trigger": trigger, "phase": "Pending"}
+    if ctx.spec.engine == "Ray":
+        run["engine"] = "Ray"
+    return run
+
+
+def _delete_runs(ctx: Context[TrainingJobSpec], names: list[str], runs: list[dict[str, Any]]) -> None:
+    """Delete the Jobs or RayJobs of the named runs."""
+    kinds = {run["name"]: _kind(run) for run in runs}
+    for name in names:
+        ctx.kube.delete(kinds.get(name, "Job"), ctx.namespace, name)
 
 
 def _conditions(
@@ -148,7 +235,9 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
     last_run = status.get("lastRun")
     if last_run and last_run.get("name") not in recorded:
         recorded[last_run["name"]] = dict(last_run)
-    runs = _observe(ctx, recorded)
+    rayjobs_served = _serves_rayjobs(ctx, recorded)
+    runs = _observe(ctx, recorded, rayjobs_served)
+    kuberay_missing = ctx.spec.engine == "Ray" and not rayjobs_served
 
     now = dt.datetime.now(dt.UTC)
     created = trainingjob_runs.parse_time(ctx.body["metadata"].get("creationTimestamp")) or now
@@ -157,8 +246,12 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
         ctx.spec, status, runs, annotations=annotations, created=created, now=now
     )
 
+    if kuberay_missing and decision.start:
+        # Nothing to start the run with; a request stays unhandled, so it runs once KubeRay is there.
+        decision.start, decision.delete_jobs, decision.handled_request = None, [], None
+        decision.waiting = KUBERAY_MISSING_MESSAGE
+    _delete_runs(ctx, decision.delete_jobs, runs)
     for name in decision.delete_jobs:
-        ctx.kube.delete("Job", ctx.namespace, name)
         for run in runs:
             if run["name"] == name:
                 run.update(
@@ -183,8 +276,7 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
         status.pop("nextScheduleTime", None)
 
     kept, stale_jobs = trainingjob_runs.prune(runs, ctx.spec)
-    for name in stale_jobs:
-        ctx.kube.delete("Job", ctx.namespace, name)
+    _delete_runs(ctx, stale_jobs, runs)
     newest = max(runs, key=lambda run: run.get("number", 0)) if runs else None
     status["runs"] = kept
     if newest is not None:
@@ -195,6 +287,15 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
             "modelVersionName"
         ]
     status["conditions"] = _conditions(status, runs, decision.waiting, ctx.generation)
+    if kuberay_missing:
+        status["conditions"] = set_condition(
+            status["conditions"],
+            "Ready",
+            "False",
+            KUBERAY_MISSING,
+            KUBERAY_MISSING_MESSAGE,
+            generation=ctx.generation,
+        )
     phase = "Suspended" if ctx.spec.suspend else (newest or {}).get("phase", "Pending")
     status["phase"] = phase
     return status

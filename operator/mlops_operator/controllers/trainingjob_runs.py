@@ -25,8 +25,12 @@ from mlops_operator.resources.trainingjob_children import CONTAINER
 RUN_REQUEST_ANNOTATION = "mlops.dev/run-requested-at"
 RUN_TRIGGER_ANNOTATION = "mlops.dev/run-trigger"
 ACTIVE = ("Pending", "Running")
-#: Spec fields that change when and how often runs happen, not what a run trains.
+#: Spec fields that change when, how often and where runs happen, not what a run trains. The
+#: engine is one: the same data, estimator and seeds train the same model on a Job or on Ray
+#: (tests/test_trainer_ray.py), and the default engine must not change existing runs' hashes.
 _SCHEDULING_FIELDS = {
+    "engine",
+    "ray",
     "schedule",
     "timeZone",
     "startingDeadlineSeconds",
@@ -60,19 +64,40 @@ def _trainer_state(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def result_in_text(text: str) -> dict[str, Any] | None:
+    """The trainer's result in a text that ends with it (its last JSON line with a ``status``)."""
+    for line in reversed(text.strip().splitlines()):
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict) and "status" in parsed:
+            return parsed
+    return None
+
+
 def trainer_result(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The JSON result the trainer wrote to its termination message (newest pod first)."""
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
         message = (_trainer_state(pod).get("terminated") or {}).get("message") or ""
         # FallbackToLogsOnError may put log lines before it: the result is the last JSON line.
-        for line in reversed(message.strip().splitlines()):
-            try:
-                parsed = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict) and "status" in parsed:
-                return parsed
+        parsed = result_in_text(message)
+        if parsed is not None:
+            return parsed
     return None
+
+
+def _record_success(run: dict[str, Any], result: dict[str, Any] | None, missing: str) -> None:
+    """A finished run's outcome from the trainer's result (``missing``: why there is none)."""
+    if result and result.get("status") == "Succeeded":
+        run["mlflowRunId"] = result.get("mlflowRunId")
+        run["modelVersion"] = str(result.get("modelVersion"))
+        run["metrics"] = {str(k): str(v) for k, v in (result.get("metrics") or {}).items()}
+        run["reason"] = "Succeeded"
+        run["message"] = f"registered {result.get('modelName')} version {result.get('modelVersion')}"
+    else:
+        run["reason"] = "ResultMissing"
+        run["message"] = missing
 
 
 def observe_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,15 +121,7 @@ def observe_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, An
         run["completionTime"] = status.get("completionTime") or conditions["Complete"].get(
             "lastTransitionTime"
         )
-        if result and result.get("status") == "Succeeded":
-            run["mlflowRunId"] = result.get("mlflowRunId")
-            run["modelVersion"] = str(result.get("modelVersion"))
-            run["metrics"] = {str(k): str(v) for k, v in (result.get("metrics") or {}).items()}
-            run["reason"] = "Succeeded"
-            run["message"] = f"registered {result.get('modelName')} version {result.get('modelVersion')}"
-        else:
-            run["reason"] = "ResultMissing"
-            run["message"] = "the trainer exited 0 but left no result in its termination message"
+        _record_success(run, result, "the trainer exited 0 but left no result in its termination message")
     elif "Failed" in conditions:
         failed = conditions["Failed"]
         run["phase"] = "Failed"
@@ -123,6 +140,89 @@ def observe_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, An
             run["message"] = f"the run exceeded activeDeadlineSeconds; {run['message']}".rstrip("; ")
     elif status.get("active"):
         run["phase"] = "Running"
+    if run.get("message"):
+        run["message"] = run["message"][:4096]  # the status field's bound
+    return {k: v for k, v in run.items() if v is not None}
+
+
+#: KubeRay's jobDeploymentStatus values (ray.io/v1 RayJobStatus) that mean the run is under way.
+_RAY_RUNNING = ("Running", "Retrying")
+#: KubeRay's failure reasons (status.reason) and what they mean to the TrainingJob's user.
+_RAY_FAILURES = {
+    "DeadlineExceeded": "the run exceeded activeDeadlineSeconds",
+    "SubmissionFailed": "KubeRay could not submit the Ray job (the submitter failed)",
+    "AppFailed": "the trainer failed on the Ray cluster",
+    "JobDeploymentStatusTransitionGracePeriodExceeded": "KubeRay lost track of the Ray job",
+    "Stopped": "the Ray job was stopped before it finished",
+    "Failed": "the Ray job failed",
+}
+
+
+def rayjob_finished(rayjob: dict[str, Any]) -> str | None:
+    """``Succeeded`` or ``Failed`` once KubeRay considers the RayJob done, else None (pure)."""
+    status = rayjob.get("status") or {}
+    deployment, job = status.get("jobDeploymentStatus") or "", status.get("jobStatus") or ""
+    if deployment == "Failed":
+        return "Failed"
+    if deployment == "Complete":
+        # Complete: the Ray job reached a terminal state; only SUCCEEDED is a success (KubeRay
+        # before 1.2 also leaves a FAILED or STOPPED job as Complete).
+        return "Succeeded" if job == "SUCCEEDED" else "Failed"
+    return None
+
+
+def observe_rayjob(rayjob: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
+    """The run record (status.runs[] item, wire form) of one KubeRay RayJob (pure).
+
+    ``status.jobDeploymentStatus`` is KubeRay's view of the whole run (cluster, submission,
+    retries), ``status.jobStatus`` Ray's view of the job. ``result`` is the trainer's result of
+    a succeeded run (from MLflow: a Ray job's driver has no termination message). A failed
+    run's reason comes from the trainer when Ray kept its output: Ray puts the failed job's last
+    log lines in the message, and the trainer's last line is its result (``DataValidationFailed``
+    says more than ``AppFailed``); else from KubeRay's ``status.reason``.
+    """
+    meta, status = rayjob["metadata"], rayjob.get("status") or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    run: dict[str, Any] = {
+        "name": meta["name"],
+        "number": int(meta.get("labels", {}).get("mlops.dev/run", "0") or 0) or 1,
+        "trigger": meta.get("annotations", {}).get("mlops.dev/trigger", "Create"),
+        "engine": "Ray",
+        "phase": "Pending",
+        "attempts": int(status.get("succeeded") or 0) + int(status.get("failed") or 0),
+    }
+    if status.get("startTime"):
+        run["startTime"] = status["startTime"]
+    finished = rayjob_finished(rayjob)
+    if finished is None:
+        if deployment in _RAY_RUNNING:
+            run["phase"] = "Running"
+            run["attempts"] += 1
+            if deployment == "Retrying":
+                run["message"] = (
+                    f"attempt {run['attempts'] - 1} failed, retrying: {status.get('message') or ''}"
+                )
+        elif deployment in ("Suspending", "Suspended"):
+            run["message"] = f"the RayJob is {deployment.lower()} (spec.suspend or a queue such as Kueue)"
+        elif deployment:
+            run["message"] = f"KubeRay: {deployment}"  # Initializing, Waiting, Scheduling, ...
+    else:
+        run["phase"] = finished
+        run["completionTime"] = status.get("endTime") or now_iso()
+        run["attempts"] = max(run["attempts"], 1)
+    if finished == "Succeeded":
+        _record_success(run, result, "the Ray job succeeded but no registered version carries its result")
+    elif finished == "Failed":
+        reason = status.get("reason") or ("Stopped" if status.get("jobStatus") == "STOPPED" else "Failed")
+        message = status.get("message") or ""
+        trainer = result_in_text(message) if message else None
+        if trainer and trainer.get("status") == "Failed":
+            run["reason"] = trainer.get("reason") or reason
+            run["message"] = trainer.get("message") or message
+        else:
+            run["reason"] = reason
+            explained = _RAY_FAILURES.get(reason)
+            run["message"] = f"{explained}; {message}".rstrip("; ") if explained else message
     if run.get("message"):
         run["message"] = run["message"][:4096]  # the status field's bound
     return {k: v for k, v in run.items() if v is not None}

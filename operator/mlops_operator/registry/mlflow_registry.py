@@ -26,6 +26,7 @@ MLflow quirks handled here:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -53,6 +54,10 @@ _TRANSIENT_CODES: Final = frozenset(
     }
 )
 _NOT_FOUND_CODES: Final = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"})
+
+#: The tag a training run puts its result JSON in, on the version it registered (written by the
+#: trainer of an ``engine: Ray`` run, read by the operator: :meth:`Registry.run_result`).
+RUN_RESULT_TAG: Final = "mlops.dev/result"
 
 T = TypeVar("T")
 
@@ -239,6 +244,33 @@ class Registry:
             name=name,
         )
         return self._info(found[0]) if found else None
+
+    def run_result(self, name: str, identity: Mapping[str, str]) -> dict[str, Any] | None:
+        """The result a training run tagged its READY version with (:data:`RUN_RESULT_TAG`), or None.
+
+        The version is found by the run's identity tags (run name, namespace, TrainingJob), as a
+        retried trainer finds it. The operator reads a RayJob run's result here: a Ray job's
+        driver has no termination message. None when no version of that run carries one (yet).
+        """
+        clauses = [f"name = '{_quote(name)}'"]
+        clauses += [f"tags.`{key}` = '{_quote(value)}'" for key, value in identity.items()]
+        found = self._call(
+            f"search versions of {name!r} from run {identity}",
+            lambda: self._client.search_model_versions(filter_string=" AND ".join(clauses)),
+        )
+        tagged = [
+            entity
+            for entity in found
+            if str(entity.status) == "READY" and (entity.tags or {}).get(RUN_RESULT_TAG)
+        ]
+        if not tagged:
+            return None
+        newest = max(tagged, key=lambda entity: int(entity.version))
+        try:
+            result = json.loads(newest.tags[RUN_RESULT_TAG])
+        except ValueError:
+            return None
+        return result if isinstance(result, dict) else None
 
     def production_metrics(self, name: str, alias: str = "production") -> dict[str, str] | None:
         """The run metrics of the version holding ``alias``; None if no version (or no model) holds it."""

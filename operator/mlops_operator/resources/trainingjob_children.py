@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from mlops_operator import API_VERSION, __version__
-from mlops_operator.api.trainingjob import TrainingJobSpec
+from mlops_operator.api.trainingjob import RayClusterConfig, TrainingJobSpec
 from mlops_operator.resources.object_meta import child_name, label_value, labels, owner_reference
 from mlops_operator.resources.pods import (
     log_format_env,
@@ -19,6 +19,7 @@ CONTAINER = "trainer"
 #: podFailurePolicy then fails the Job at once instead of burning its backoffLimit.
 PERMANENT_FAILURE_EXIT_CODE = 3
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+RAYJOB_API_VERSION = "ray.io/v1"
 
 
 def run_name(trainingjob: str, number: int) -> str:
@@ -26,26 +27,22 @@ def run_name(trainingjob: str, number: int) -> str:
     return child_name(trainingjob, str(number))
 
 
-def build_training_job(
+def trainer_env(
     owner: dict[str, Any],
     spec: TrainingJobSpec,
     *,
-    number: int,
+    name: str,
     trigger: str,
     image: str,
     mlflow_tracking_uri: str,
-    image_pull_policy: str = "IfNotPresent",
-    code_version: str = __version__,
-    log_format: str = "plain",
-) -> dict[str, Any]:
-    """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``)."""
-    name = run_name(owner["metadata"]["name"], number)
-    namespace = owner["metadata"].get("namespace", "default")
-    run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
+    code_version: str,
+    log_format: str,
+) -> list[dict[str, Any]]:
+    """The trainer's environment: the spec, who asked for the run, MLflow, dataset credentials."""
     env: list[dict[str, Any]] = [
         {"name": "MLOPS_TRAININGJOB_SPEC", "value": json.dumps(spec.to_api(), sort_keys=True)},
         {"name": "MLOPS_TRAININGJOB_NAME", "value": owner["metadata"]["name"]},
-        {"name": "MLOPS_TRAININGJOB_NAMESPACE", "value": namespace},
+        {"name": "MLOPS_TRAININGJOB_NAMESPACE", "value": owner["metadata"].get("namespace", "default")},
         {"name": "MLOPS_RUN_NAME", "value": name},
         {"name": "MLOPS_RUN_TRIGGER", "value": trigger},
         {"name": "MLOPS_IMAGE", "value": image},
@@ -64,6 +61,35 @@ def build_training_job(
                 },
             }
         )
+    return env
+
+
+def build_training_job(
+    owner: dict[str, Any],
+    spec: TrainingJobSpec,
+    *,
+    number: int,
+    trigger: str,
+    image: str,
+    mlflow_tracking_uri: str,
+    image_pull_policy: str = "IfNotPresent",
+    code_version: str = __version__,
+    log_format: str = "plain",
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``)."""
+    name = run_name(owner["metadata"]["name"], number)
+    namespace = owner["metadata"].get("namespace", "default")
+    run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
+    env = trainer_env(
+        owner,
+        spec,
+        name=name,
+        trigger=trigger,
+        image=image,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        code_version=code_version,
+        log_format=log_format,
+    )
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
@@ -119,6 +145,130 @@ def build_training_job(
     }
 
 
+#: The container names KubeRay expects first in the head and worker pod templates.
+RAY_HEAD_CONTAINER = "ray-head"
+RAY_WORKER_CONTAINER = "ray-worker"
+RAY_WORKER_GROUP = "trials"
+
+
+def _ray_pod_template(
+    run_labels: dict[str, str],
+    container: dict[str, Any],
+    service_account_name: str | None,
+) -> dict[str, Any]:
+    """A Ray pod: restricted like the Job's, with a writable /tmp (Ray's session directory lives in
+    it, HOME too) and a memory-backed /dev/shm (Ray's object store: trials' data travel through it)."""
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [
+            {
+                **container,
+                "securityContext": restricted_container_security(),
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if service_account_name:
+        pod_spec["serviceAccountName"] = service_account_name
+    return {"metadata": {"labels": dict(run_labels)}, "spec": pod_spec}
+
+
+def build_training_rayjob(
+    owner: dict[str, Any],
+    spec: TrainingJobSpec,
+    *,
+    number: int,
+    trigger: str,
+    image: str,
+    mlflow_tracking_uri: str,
+    image_pull_policy: str = "IfNotPresent",
+    code_version: str = __version__,
+    log_format: str = "plain",
+) -> dict[str, Any]:
+    """The KubeRay ``RayJob`` (``ray.io/v1``) of one training run with ``engine: Ray``.
+
+    KubeRay makes a Ray cluster for it (a head and ``spec.ray.workers`` workers, all from the
+    trainer image, which needs the ``ray`` extra), submits ``mlops-operator train`` as the Ray
+    job (its driver runs on the head with the head container's environment) and deletes the
+    cluster when the job ends (``shutdownAfterJobFinishes``). The run's limits map onto the
+    RayJob's own fields: ``activeDeadlineSeconds`` (the whole RayJob), ``backoffLimit`` (each
+    retry is a new cluster) and ``ttlSecondsAfterFinished`` (the cluster's, after the job ends:
+    the RayJob itself stays, as the run's record, until the history limits prune it).
+
+    KubeRay writes the container commands itself (``ray start ...``): the templates set none.
+    """
+    ray = spec.ray or RayClusterConfig()
+    name = run_name(owner["metadata"]["name"], number)
+    namespace = owner["metadata"].get("namespace", "default")
+    run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
+    head: dict[str, Any] = {
+        "name": RAY_HEAD_CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "env": trainer_env(
+            owner,
+            spec,
+            name=name,
+            trigger=trigger,
+            image=image,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            code_version=code_version,
+            log_format=log_format,
+        ),
+    }
+    if spec.resources is not None:
+        head["resources"] = spec.resources.to_api()
+    worker: dict[str, Any] = {
+        "name": RAY_WORKER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "env": [{"name": "HOME", "value": "/tmp"}, *log_format_env(log_format)],
+    }
+    if ray.worker_resources is not None:
+        worker["resources"] = ray.worker_resources.to_api()
+    return {
+        "apiVersion": RAYJOB_API_VERSION,
+        "kind": "RayJob",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": run_labels,
+            "annotations": {"mlops.dev/trigger": trigger},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "entrypoint": "mlops-operator train",
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "backoffLimit": spec.backoff_limit,
+            "rayClusterSpec": {
+                "rayVersion": ray.ray_version,
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0"},
+                    "template": _ray_pod_template(run_labels, head, spec.service_account_name),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": RAY_WORKER_GROUP,
+                        "replicas": ray.workers,
+                        "minReplicas": ray.workers,
+                        "maxReplicas": ray.workers,
+                        "rayStartParams": {},
+                        "template": _ray_pod_template(run_labels, worker, spec.service_account_name),
+                    }
+                ],
+            },
+        },
+    }
+
+
 def model_version_name(model: str, version: str) -> str:
     """``<model>-v<version>``, as a valid object name."""
     return child_name(model, f"v{version}", max_length=253)
@@ -148,7 +298,9 @@ def build_model_version(
     lineage: dict[str, Any] = {
         "trainingJob": owner["metadata"]["name"],
         "runName": run,
-        "dataset": {k: v for k, v in dataset.items() if k in ("uri", "sha256", "rows") and v is not None},
+        "dataset": {
+            k: v for k, v in dataset.items() if k in ("uri", "sha256", "rows", "sources") and v is not None
+        },
         "params": result.get("params") or {},
         "estimator": result.get("estimator") or spec.estimator.class_,
         "codeVersion": result.get("codeVersion") or "",

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import pandas as pd
 from pandas.api import types as ptypes
@@ -125,6 +125,47 @@ def validate(
                 )
         else:
             problems.extend(_check_classes(labels, target, rules.min_class_fraction, test_size, cv))
+    return problems
+
+
+def validate_sources(
+    frame: pd.DataFrame,
+    sources: Sequence[dict[str, Any]],
+    dataset: Dataset,
+    *,
+    task: Task,
+    test_size: float,
+    cv: int | None = None,
+) -> list[str]:
+    """Every problem of data merged from several sources, each said of the source it comes from.
+
+    Per source (its rows, in ``sources`` order): the declared schema, nulls and numeric-looking
+    text. Then the merged data as a whole (row count, targets, classes, the split), as
+    :func:`validate` checks one dataset.
+    """
+    problems: list[str] = []
+    rules = dataset.validation
+    features = [f for f in feature_names(frame, dataset) if f in frame.columns]
+    declared = {c.name for c in rules.schema_ or []}
+    offset = 0
+    for source in sources:
+        rows = int(source["rows"])
+        part = frame.iloc[offset : offset + rows]
+        offset += rows
+        label = f"{source['name']} source {source['uri']}"
+        found: list[str] = []
+        for column in rules.schema_ or []:
+            found.extend(_check_declared(part, column))
+        found.extend(_check_nulls(part, [*features, dataset.target], rules))
+        for name in features:
+            if name not in declared:
+                problem = _numeric_looking_text(part[name], name)
+                if problem:
+                    found.append(problem)
+        problems.extend(f"{label}: {p}" for p in found)
+    counts = " + ".join(f"{s['rows']} {s['name']}" for s in sources)
+    merged = validate(frame, dataset, task=task, test_size=test_size, cv=cv)
+    problems.extend(f"merged data ({counts} rows): {p}" for p in merged if p not in problems)
     return problems
 
 

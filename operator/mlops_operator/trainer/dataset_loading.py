@@ -9,6 +9,7 @@ trained on.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import importlib.util
 import io
@@ -49,6 +50,8 @@ class LoadedDataset:
     sha256: str
     rows: int
     nbytes: int
+    #: With production data: one lineage entry per source, in the frame's row order (dataset first).
+    sources: tuple[dict[str, Any], ...] = ()
 
 
 def max_bytes_from_env() -> int:
@@ -87,6 +90,43 @@ def load_dataset(dataset: Dataset, *, max_bytes: int | None = None) -> LoadedDat
     frame = parse(data, fmt, uri)
     return LoadedDataset(
         frame=frame, uri=uri, sha256=hashlib.sha256(data).hexdigest(), rows=len(frame), nbytes=len(data)
+    )
+
+
+def add_production(
+    loaded: LoadedDataset, dataset: Dataset, *, model: str, now: dt.datetime, max_bytes: int | None = None
+) -> LoadedDataset:
+    """``loaded`` with the labelled production rows of ``dataset.production`` appended.
+
+    The hash of the result covers both sources (each source's own hash is in ``sources``).
+    """
+    from mlops_operator.trainer.data_validation import feature_names
+    from mlops_operator.trainer.production_data import load_production
+
+    production = dataset.production
+    if production is None:
+        return loaded
+    target = dataset.target
+    features = [f for f in feature_names(loaded.frame, dataset) if f in loaded.frame.columns]
+    rows = load_production(
+        production,
+        model=model,
+        target=target,
+        features=features,
+        target_like=loaded.frame[target] if target in loaded.frame.columns else None,
+        now=now,
+        max_bytes=max_bytes_from_env() if max_bytes is None else max_bytes,
+    )
+    frame = pd.concat([loaded.frame, rows.frame], ignore_index=True)
+    base = {"name": "dataset", "uri": loaded.uri, "rows": loaded.rows, "sha256": loaded.sha256}
+    sha256 = hashlib.sha256(f"{loaded.sha256}\n{rows.source['sha256']}".encode()).hexdigest()
+    return LoadedDataset(
+        frame=frame,
+        uri=loaded.uri,
+        sha256=sha256,
+        rows=len(frame),
+        nbytes=loaded.nbytes,
+        sources=(base, rows.source),
     )
 
 

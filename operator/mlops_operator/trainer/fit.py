@@ -25,7 +25,8 @@ import difflib
 import importlib
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -376,6 +377,7 @@ class Trial:
     score: float | None = None
     score_std: float | None = None
     error: str | None = None
+    worker: str | None = None  # "<host>/<pid>" of the process that cross-validated it
 
 
 @dataclass
@@ -402,16 +404,23 @@ def run_search(
     features: pd.DataFrame,
     labels: pd.Series,
     on_trial: TrialCallback,
+    n_jobs: int = 1,
 ) -> SearchResult:
     """Cross-validate every planned trial on the training split; the best by ``metric`` wins.
+
+    Trials run through joblib with ``n_jobs`` workers of whatever joblib backend is active:
+    the default ``n_jobs=1`` runs them one after the other in this process; inside
+    :func:`search_backend` for ``engine: Ray`` they are spread over the Ray cluster. Results
+    are taken in trial order (``on_trial`` logs each), so the outcome does not depend on where
+    a trial ran.
 
     A trial whose parameter *value* the estimator rejects fails the whole run
     (``InvalidHyperparameters``: retrying does not help); a trial that fails otherwise (an
     incompatible combination) is recorded and skipped. If every trial fails, the run fails.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    import joblib
+    from sklearn.model_selection import KFold, StratifiedKFold
 
-    cls = resolve_estimator_class(dotted)
     splitter: Any = (
         StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         if task == "classification"
@@ -423,26 +432,28 @@ def run_search(
         sign = 1.0
     else:
         scoring, sign = _SCORERS[metric]
-    result = SearchResult(metric=metric)
     for index, trial_params in enumerate(plan.trials):
-        params = {**fixed, **trial_params}
-        trial = Trial(index=index, params=dict(trial_params))
-        check_param_values(dotted, params, f"search trial {index} {trial_params}")
-        pipeline = build_pipeline(cls(**params), columns, preprocessing)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ConvergenceWarning per fold would drown the log
-                scores = cross_val_score(
-                    pipeline, features, labels, scoring=scoring, cv=splitter, error_score="raise"
-                )
-            trial.score = float(sign * np.mean(scores))
-            trial.score_std = float(np.std(scores))
-        except Exception as exc:
-            if is_invalid_parameter_error(exc):
-                raise TrainerError(
-                    "InvalidHyperparameters", f"search trial {index} {trial_params}: {exc}"
-                ) from exc
-            trial.error = f"{type(exc).__name__}: {exc}"
+        check_param_values(dotted, {**fixed, **trial_params}, f"search trial {index} {trial_params}")
+    # In this process each trial is logged as it finishes; Ray's backend cannot stream results
+    # (no return_as="generator"), so there they are logged, in order, once all have finished.
+    outcomes = joblib.Parallel(n_jobs=n_jobs, return_as="generator" if n_jobs == 1 else "list")(
+        joblib.delayed(_cross_validate_trial)(
+            dotted, {**fixed, **trial_params}, columns, preprocessing, features, labels, scoring, splitter
+        )
+        for trial_params in plan.trials
+    )
+    result = SearchResult(metric=metric)
+    for index, (trial_params, outcome) in enumerate(zip(plan.trials, outcomes, strict=True)):
+        trial = Trial(index=index, params=dict(trial_params), worker=outcome.worker)
+        if outcome.invalid_parameter is not None:
+            raise TrainerError(
+                "InvalidHyperparameters", f"search trial {index} {trial_params}: {outcome.invalid_parameter}"
+            )
+        if outcome.error is not None:
+            trial.error = outcome.error
+        else:
+            trial.score = float(sign * np.mean(outcome.scores))
+            trial.score_std = float(np.std(outcome.scores))
         result.trials.append(trial)
         on_trial(trial)
         if trial.score is not None and better(
@@ -457,6 +468,96 @@ def run_search(
             f"all {len(result.trials)} search trials failed ({detail})",
         )
     return result
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one trial's cross-validation returned, wherever it ran (plain data: it may cross processes)."""
+
+    scores: list[float]
+    error: str | None
+    invalid_parameter: str | None
+    worker: str
+
+
+def _cross_validate_trial(
+    dotted: str,
+    params: Mapping[str, Any],
+    columns: Columns,
+    preprocessing: str,
+    features: pd.DataFrame,
+    labels: pd.Series,
+    scoring: Any,
+    splitter: Any,
+) -> TrialOutcome:
+    """One trial's cross-validation; runs in a joblib worker (a Ray worker under ``engine: Ray``).
+
+    Errors come back as data, not exceptions: an exception raised in a Ray worker arrives
+    wrapped in ``RayTaskError``, which would hide scikit-learn's ``InvalidParameterError``.
+    """
+    import os
+    import socket
+
+    from sklearn.model_selection import cross_val_score
+
+    worker = f"{socket.gethostname()}/{os.getpid()}"
+    pipeline = build_pipeline(resolve_estimator_class(dotted)(**params), columns, preprocessing)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning per fold would drown the log
+            scores = cross_val_score(
+                pipeline, features, labels, scoring=scoring, cv=splitter, error_score="raise"
+            )
+    except Exception as exc:
+        if is_invalid_parameter_error(exc):
+            return TrialOutcome([], None, str(exc), worker)
+        return TrialOutcome([], f"{type(exc).__name__}: {exc}", None, worker)
+    return TrialOutcome([float(x) for x in scores], None, None, worker)
+
+
+@contextmanager
+def search_backend(engine: str) -> Iterator[int]:
+    """The joblib backend search trials run on, for the block; yields ``n_jobs`` for :func:`run_search`.
+
+    ``Job``: 1, this process (the default backend). ``Ray``: Ray's joblib backend
+    (``ray.util.joblib.register_ray()`` + ``joblib.parallel_backend("ray")``) with ``n_jobs=-1``,
+    every CPU of the Ray cluster. Under a RayJob the trainer is the Ray job's driver on the head
+    node, so ``ray.init()`` joins the cluster it runs in (``RAY_ADDRESS``, else ``auto``); a Ray
+    already initialised in this process (a test's local Ray) is used as it is and left running.
+    """
+    if engine != "Ray":
+        yield 1
+        return
+    try:
+        import ray
+        from ray.util.joblib import register_ray
+    except ImportError as exc:
+        raise TrainerError(
+            "RayUnavailable",
+            "spec.engine is Ray but Ray is not installed in the trainer image: build it with the "
+            "'ray' extra (pip install 'mlops-operator[trainer,ray]')",
+        ) from exc
+    import joblib
+
+    started = False
+    if not ray.is_initialized():
+        import os
+
+        address = os.environ.get("RAY_ADDRESS") or "auto"
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise TrainerError(
+                "RayUnavailable", f"cannot join the Ray cluster at {address}: {exc}", transient=True
+            ) from exc
+        started = True
+    register_ray()  # type: ignore[no-untyped-call]
+    try:
+        with joblib.parallel_backend("ray"):
+            yield -1
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def fit_final(

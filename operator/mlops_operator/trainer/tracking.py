@@ -65,6 +65,8 @@ SHA256_TAG: Final = f"{TAG_PREFIX}sha256"
 METRIC_TAG_PREFIX: Final = f"{TAG_PREFIX}metric."
 DATASET_URI_TAG: Final = f"{TAG_PREFIX}dataset-uri"
 DATASET_SHA256_TAG: Final = f"{TAG_PREFIX}dataset-sha256"
+#: JSON list of the data's sources when production data was added (rows, hash, time range of each).
+DATASET_SOURCES_TAG: Final = f"{TAG_PREFIX}dataset-sources"
 #: On runs: the index of the search trial whose parameters the registered model was fitted with.
 BEST_TRIAL_TAG: Final = f"{TAG_PREFIX}best-trial"
 MODEL_VERSION_TAG: Final = f"{TAG_PREFIX}model-version"

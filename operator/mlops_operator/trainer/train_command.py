@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from mlops_operator.api.trainingjob import TrainingJobSpec
 from mlops_operator.logging_setup import configure_logging, log_format_from_env
+from mlops_operator.registry.mlflow_registry import RUN_RESULT_TAG
 from mlops_operator.trainer.trainer_errors import EXIT_OK, TrainerError
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ TERMINATION_PATH_ENV: Final = "MLOPS_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_PATH: Final = "/dev/termination-log"
 #: The kubelet keeps at most 4096 bytes of a termination message.
 MAX_RESULT_BYTES: Final = 4096
+#: On the run: which engine ran the search trials, and the processes ("<host>/<pid>") they ran in.
+SEARCH_ENGINE_TAG: Final = "mlops.dev/search-engine"
+SEARCH_WORKERS_TAG: Final = "mlops.dev/search-workers"
+#: On the registered version of an ``engine: Ray`` run: the result JSON. A RayJob's driver has no
+#: termination message the operator can read, so the operator reads the result from there.
+RESULT_TAG: Final = RUN_RESULT_TAG
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(log_format_from_env(), static=context.log_fields())
     started = time.monotonic()
     try:
-        result = train(load_spec(args.spec_file), context, max_dataset_bytes=args.max_dataset_bytes)
+        spec = load_spec(args.spec_file)
+        result = train(spec, context, max_dataset_bytes=args.max_dataset_bytes)
+        if spec.engine == "Ray":
+            publish_result(spec, result)
         code = EXIT_OK
     except TrainerError as exc:
         log.error("training failed: %s", exc)
@@ -228,7 +238,7 @@ def train(
         artifact_uri=logged.artifact_uri,
         sha256=logged.sha256,
         metrics=metrics,
-        dataset={"uri": loaded.uri, "sha256": loaded.sha256, "rows": loaded.rows},
+        dataset=dataset_result(loaded.uri, loaded.sha256, loaded.rows, loaded.sources),
         params=best.params,
         task=plan.task,
         code_version=context.code_version,
@@ -328,7 +338,9 @@ def check_estimator(spec: TrainingJobSpec) -> TrainingPlan:
 
 def load_data(spec: TrainingJobSpec, *, max_bytes: int | None) -> LoadedDataset:
     """The dataset, read within the size bound, with its digest (logged)."""
-    from mlops_operator.trainer.dataset_loading import load_dataset
+    import datetime as dt
+
+    from mlops_operator.trainer.dataset_loading import add_production, load_dataset
 
     loaded = load_dataset(spec.dataset, max_bytes=max_bytes)
     log.info(
@@ -338,21 +350,39 @@ def load_data(spec: TrainingJobSpec, *, max_bytes: int | None) -> LoadedDataset:
         loaded.frame.shape[1],
         loaded.sha256,
     )
+    if spec.dataset.production is not None:
+        loaded = add_production(
+            loaded, spec.dataset, model=spec.model.name, now=dt.datetime.now(dt.UTC), max_bytes=max_bytes
+        )
+        production = loaded.sources[-1]
+        log.info(
+            "added %d labelled production rows of model %s from %s (predicted %s .. %s), sha256 %s: "
+            "%d rows in all",
+            production["rows"],
+            production["model"],
+            production["uri"],
+            production["firstRequestTime"],
+            production["lastRequestTime"],
+            production["sha256"],
+            loaded.rows,
+        )
     return loaded
 
 
 def check_data(spec: TrainingJobSpec, plan: TrainingPlan, loaded: LoadedDataset) -> None:
     """``DataValidationFailed`` listing every problem: schema, nulls, classes, too few rows to split."""
-    from mlops_operator.trainer.data_validation import format_problems, validate
+    from mlops_operator.trainer.data_validation import format_problems, validate, validate_sources
 
     search = spec.estimator.search
-    problems = validate(
-        loaded.frame,
-        spec.dataset,
-        task=plan.task,
-        test_size=float(spec.evaluation.test_size),
-        cv=search.cv if search is not None else None,
-    )
+    options: dict[str, Any] = {
+        "task": plan.task,
+        "test_size": float(spec.evaluation.test_size),
+        "cv": search.cv if search is not None else None,
+    }
+    if loaded.sources:
+        problems = validate_sources(loaded.frame, loaded.sources, spec.dataset, **options)
+    else:
+        problems = validate(loaded.frame, spec.dataset, **options)
     if problems:
         raise TrainerError("DataValidationFailed", format_problems(problems))
 
@@ -391,6 +421,7 @@ def start_run(
         **context.tags(),
         tracking.DATASET_URI_TAG: loaded.uri,
         tracking.DATASET_SHA256_TAG: loaded.sha256,
+        **({tracking.DATASET_SOURCES_TAG: json.dumps(list(loaded.sources))} if loaded.sources else {}),
         "mlops.dev/task": plan.task,
         "mlops.dev/estimator": plan.dotted,
         "mlflow.source.name": "mlops-operator train",
@@ -440,24 +471,37 @@ def search_parameters(spec: TrainingJobSpec, plan: TrainingPlan, split: Split) -
     if plan.search is None or search is None:
         return BestParams(params=dict(plan.fixed), trial=None)
     metric = plan.metric
-    log.info("search: %s %s by %s", search.type, plan.search.note, metric)
-    outcome = fit.run_search(
-        dotted=plan.dotted,
-        fixed=plan.fixed,
-        plan=plan.search,
-        columns=split.columns,
-        preprocessing=spec.estimator.preprocessing,
-        task=plan.task,
-        metric=metric,
-        cv=search.cv,
-        seed=plan.search_seed,
-        features=split.x_train,
-        labels=split.y_train,
-        on_trial=lambda t: tracking.log_trial(t.index, t.params, metric, t.score, t.score_std, t.error),
-    )
+    log.info("search: %s %s by %s on engine %s", search.type, plan.search.note, metric, spec.engine)
+    with fit.search_backend(spec.engine) as n_jobs:
+        outcome = fit.run_search(
+            dotted=plan.dotted,
+            fixed=plan.fixed,
+            plan=plan.search,
+            columns=split.columns,
+            preprocessing=spec.estimator.preprocessing,
+            task=plan.task,
+            metric=metric,
+            cv=search.cv,
+            seed=plan.search_seed,
+            features=split.x_train,
+            labels=split.y_train,
+            on_trial=lambda t: tracking.log_trial(t.index, t.params, metric, t.score, t.score_std, t.error),
+            n_jobs=n_jobs,
+        )
     assert outcome.best is not None
+    workers = sorted({t.worker for t in outcome.trials if t.worker})
+    log.info(
+        "search: %d trials ran in %d processes: %s", len(outcome.trials), len(workers), ", ".join(workers)
+    )
     best = BestParams(params={**plan.fixed, **outcome.best.params}, trial=outcome.best.index)
-    mlflow.set_tags({"mlops.dev/search": plan.search.note, tracking.BEST_TRIAL_TAG: str(best.trial)})
+    mlflow.set_tags(
+        {
+            "mlops.dev/search": plan.search.note,
+            tracking.BEST_TRIAL_TAG: str(best.trial),
+            SEARCH_ENGINE_TAG: spec.engine,
+            SEARCH_WORKERS_TAG: ",".join(workers)[:4000],
+        }
+    )
     tracking.log_metrics({f"cv_{metric}": float(outcome.best.score or 0.0)})
     return best
 
@@ -512,6 +556,7 @@ def log_run_details(
             "test_size": spec.evaluation.test_size,
             "seed": plan.seed,
             "rows": loaded.rows,
+            **source_params(loaded.sources),
             "features": len(split.columns.features),
             **{f"param.{k}": v for k, v in params.items()},
         }
@@ -639,6 +684,25 @@ def success_result(
     return result
 
 
+def publish_result(spec: TrainingJobSpec, result: dict[str, Any]) -> None:
+    """Tag the registered version with the result (:data:`RESULT_TAG`), for the operator of a RayJob run.
+
+    Done by every attempt that succeeds, a retried one that found its version too, so a driver
+    killed between registering and tagging leaves the tag to the RayJob's next attempt. MLflow
+    down fails the attempt as transient (the RayJob's backoffLimit retries it).
+    """
+    from mlflow import MlflowClient
+
+    from mlops_operator.trainer import tracking
+
+    try:
+        MlflowClient().set_model_version_tag(
+            spec.model.name, str(result["modelVersion"]), RESULT_TAG, render(result)
+        )
+    except Exception as exc:
+        raise tracking.mlflow_error(exc, "tagging the version with its result") from exc
+
+
 def search_summary(
     spec: TrainingJobSpec, plan: SearchPlan | None, metric: str, best_trial: int | None
 ) -> dict[str, Any] | None:
@@ -729,17 +793,51 @@ def reuse_registration(
         artifact_uri=found.source,
         sha256=sha256,
         metrics=metrics,
-        dataset={
-            "uri": tags.get(tracking.DATASET_URI_TAG),
-            "sha256": tags.get(tracking.DATASET_SHA256_TAG),
-            "rows": _int(found.run_params.get("rows")),
-        },
+        dataset=dataset_result(
+            tags.get(tracking.DATASET_URI_TAG),
+            tags.get(tracking.DATASET_SHA256_TAG),
+            _int(found.run_params.get("rows")),
+            _sources_from_tag(tags.get(tracking.DATASET_SOURCES_TAG)),
+        ),
         params=params,
         task=task,
         code_version=tags.get(f"{tracking.TAG_PREFIX}code-version"),
         image=tags.get(f"{tracking.TAG_PREFIX}image"),
         search=search_summary(spec, plan, metric, best_trial),
     )
+
+
+def source_params(sources: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """MLflow parameters of a merged dataset: rows, hash and time range of each source."""
+    params: dict[str, Any] = {}
+    for source in sources:
+        name = source["name"]
+        params[f"rows.{name}"] = source["rows"]
+        params[f"{name}.uri"] = source["uri"]
+        params[f"{name}.sha256"] = source.get("sha256")
+        if name == "production":
+            params["production.model"] = source.get("model")
+            params["production.from"] = source.get("firstRequestTime")
+            params["production.to"] = source.get("lastRequestTime")
+    return params
+
+
+def dataset_result(
+    uri: str | None, sha256: str | None, rows: int | None, sources: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The result's ``dataset``: what the ModelVersion's ``lineage.dataset`` becomes."""
+    result: dict[str, Any] = {"uri": uri, "sha256": sha256, "rows": rows}
+    if sources:
+        result["sources"] = [dict(s) for s in sources]
+    return result
+
+
+def _sources_from_tag(text: str | None) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [s for s in value if isinstance(s, dict)] if isinstance(value, list) else []
 
 
 def _int(text: str | None) -> int | None:

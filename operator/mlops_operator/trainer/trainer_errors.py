@@ -21,6 +21,7 @@ Reason = Literal[
     "TrainingFailed",
     "MLflowUnavailable",
     "RegistrationFailed",
+    "RayUnavailable",
 ]
 
 EXIT_OK: Final = 0
