@@ -25,7 +25,7 @@ import yaml
 
 from mlops_operator.credentials import load_credentials
 from mlops_operator.kube_client import Kube
-from mlops_operator.kubectl_plugin import main
+from mlops_operator.kubectl_plugin import format_status, main
 from mlops_operator.sandbox.apiserver import ApiServerThread, write_kubeconfig
 from mlops_operator.sandbox.apiserver.certificates import Certificates
 from tests.fixtures_apiserver import kubectl_binary
@@ -545,3 +545,43 @@ def test_kubectl_discovers_the_plugin_on_path(cluster: Cluster, tmp_path: pathli
     assert result.returncode == 0, result.stderr
     assert f"InferenceService default/{name}" in result.stdout
     assert "Rollout:     Progressing (StepPassed)" in result.stdout
+
+
+def test_status_of_a_shadow_rollout_shows_the_paired_comparison() -> None:
+    isvc = {
+        "metadata": {"namespace": "default", "name": "iris"},
+        "spec": {"rollout": {"strategy": "Shadow"}},
+        "status": {
+            "stable": {"modelVersion": "2", "replicas": 2, "readyReplicas": 2, "weight": 100},
+            "rollout": {
+                "phase": "Progressing",
+                "reason": "Analysing",
+                "strategy": "Shadow",
+                "candidate": "3",
+                "failedChecks": 0,
+                "shadow": {
+                    "mirrored": 900,
+                    "dropped": 4,
+                    "failed": 0,
+                    "compared": 900,
+                    "agreement": "0.97",
+                    "pairs": 310,
+                    "stableOnlyCorrect": 9,
+                    "candidateOnlyCorrect": 5,
+                    "difference": "-0.0129",
+                    "lowerBound": "-0.041",
+                    "upperBound": "0.0152",
+                },
+            },
+        },
+    }
+    out = format_status(isvc)
+    assert "candidate 3 in shadow (no traffic: a mirrored copy), failed checks 0/5" in out
+    assert (
+        "mirrored 900 requests (dropped 4, failed 0), agreement 0.97 on 900 rows, 310 labelled pairs" in out
+    )
+    assert (
+        "(stable alone right 9, candidate alone right 5), accuracy difference -0.0129 in [-0.041, 0.0152]"
+        in out
+    )
+    assert "step 1/3" not in out  # no canary steps in a shadow

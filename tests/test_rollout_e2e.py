@@ -7,8 +7,10 @@ their ground truth through the Service, and watches what the operator does.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ class Traffic:
         self.rng = np.random.default_rng(3)
         self.stop = threading.Event()
         self.errors: list[str] = []
+        self.versions: list[str] = []  # the version that answered each prediction, in order
+        self.times: list[float] = []  # when each answer came (time.time())
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -68,6 +72,8 @@ class Traffic:
                     if answer.status_code != 200:
                         self.errors.append(f"/predict {answer.status_code}: {answer.text[:200]}")
                         continue
+                    self.versions.append(str(answer.json()["model_version"]))
+                    self.times.append(time.time())
                     truth = [self.labels[i] for i in rows]
                     if self.wrong:
                         truth = [self.names[(self.names.index(t) + 1) % 3] for t in truth]
@@ -116,17 +122,22 @@ def _service(version: str) -> dict[str, Any]:
     return manifest
 
 
-def _events(api: Api, reason: str) -> list[str]:
+def _named_events(api: Api, name: str, reason: str) -> list[dict[str, Any]]:
+    """The Events of one reason about the InferenceService ``name``, oldest first."""
     found = [
         e
         for e in api.list("Event")
-        if e.get("involvedObject", {}).get("name") == "iris" and e.get("reason") == reason
+        if e.get("involvedObject", {}).get("name") == name and e.get("reason") == reason
     ]
-    return [e["message"] for e in sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))]
+    return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
 
-def _rollout(api: Api) -> dict[str, Any]:
-    return dict(((api.get("InferenceService", "iris") or {}).get("status") or {}).get("rollout") or {})
+def _events(api: Api, reason: str) -> list[str]:
+    return [e["message"] for e in _named_events(api, "iris", reason)]
+
+
+def _rollout(api: Api, name: str = "iris") -> dict[str, Any]:
+    return dict(((api.get("InferenceService", name) or {}).get("status") or {}).get("rollout") or {})
 
 
 def _train_version(api: Api) -> str:
@@ -271,3 +282,189 @@ def test_the_measured_split_matches_the_reported_weight(
     sigma = (reported * (1 - reported) / len(versions)) ** 0.5
     assert abs(measured - reported) <= 4 * sigma, (router, measured, reported)
     api.delete("InferenceService", name)
+
+
+# --- candidates that fail on live traffic, and Shadow -------------------------------------------------
+
+# Models from code (MLflow pyfunc): a rule that scores about 95% on iris, and three variants of
+# it that pass no offline gate but get pinned directly, as a user could.
+RULE_MODEL = """
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+KIND = {kind!r}
+
+
+class IrisRule(PythonModel):
+    def load_context(self, context):
+        if KIND == "broken":
+            raise RuntimeError("this model cannot load: a dependency it needs is missing")
+
+    def predict(self, context, model_input, params=None):
+        x = model_input.to_numpy(dtype=float)
+        if KIND == "erroring" and (x[:, 0] > 7.0).any():
+            raise ValueError("sepal_length above 7.0: cannot score this row")
+        labels = np.where(x[:, 2] < 2.5, "setosa", np.where(x[:, 3] < 1.75, "versicolor", "virginica"))
+        if KIND == "swapped":
+            labels = np.where(labels == "setosa", "versicolor", np.where(labels == "versicolor", "setosa", labels))
+        return [str(label) for label in labels]
+
+
+mlflow.models.set_model(IrisRule())
+"""
+
+
+def _register_rule_model(sandbox: Sandbox, kind: str, tmp: Path) -> str:
+    """Log a rule model to the sandbox's MLflow as a new version of iris-classifier; its version."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(manager.read_state(sandbox.directory)["mlflow_uri"])
+    code = tmp / f"{kind}_model.py"
+    code.write_text(RULE_MODEL.format(kind=kind))
+    iris = load_iris()
+    frame = pd.DataFrame(iris.data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    mlflow.set_experiment("rule-models")
+    with mlflow.start_run(run_name=kind):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(code),
+            signature=infer_signature(frame, ["setosa"] * len(frame)),
+            pip_requirements=["mlflow", "numpy", "pandas"],  # no inference: it would load the model
+            registered_model_name="iris-classifier",
+        )
+    return str(info.registered_model_version)
+
+
+def _serving(api: Api, name: str, manifest: dict[str, Any]) -> Traffic:
+    api.create(manifest)
+    wait_for(
+        lambda: ((api.get("InferenceService", name) or {}).get("status", {}).get("stable") or {}).get(
+            "readyReplicas"
+        ),
+        timeout=120,
+        message=f"{name} serving",
+    )
+    service = api.get("Service", name) or {}
+    return Traffic(f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}")
+
+
+def _outcome(api: Api, name: str, version: str, timeout: float = 180) -> dict[str, Any]:
+    """The InferenceService once the rollout of ``version`` ended (promoted, rolled back or failed)."""
+    return wait_for(
+        lambda: (
+            (s := api.get("InferenceService", name) or {}).get("status", {}).get("rollout", {}).get("phase")
+            in ("Succeeded", "RolledBack", "Failed")
+            and s["status"]["rollout"].get("target") == version
+            and s
+        ),
+        timeout=timeout,
+        message=f"the rollout of version {version} to end",
+    )
+
+
+def test_canaries_that_error_or_crash_loop_are_rolled_back_with_the_reason(
+    sandbox_up: Sandbox, two_versions: tuple[str, str], tmp_path: Path
+) -> None:
+    api = sandbox_up.api
+    first, _ = two_versions
+    erroring = _register_rule_model(sandbox_up, "erroring", tmp_path)
+    broken = _register_rule_model(sandbox_up, "broken", tmp_path)
+    manifest = _service(first)
+    manifest["metadata"]["name"] = "faulty"
+    traffic = _serving(api, "faulty", manifest)
+    try:
+        # About a third of the canary's requests hold a row it cannot score: 500s.
+        api.patch("InferenceService", "faulty", {"spec": {"model": {"version": erroring}}})
+        isvc = _outcome(api, "faulty", erroring)
+        rollout = isvc["status"]["rollout"]
+        assert (rollout["phase"], rollout["reason"]) == ("RolledBack", "AnalysisFailed"), rollout
+        assert "error-rate" in rollout["message"] and erroring in rollout["rejectedVersions"]
+        warning = _named_events(api, "faulty", "RolledBack")[-1]
+        assert warning["type"] == "Warning" and "error-rate" in warning["message"]
+        assert "requests" in warning["message"]  # the sample count is named
+        assert isvc["status"]["stable"]["modelVersion"] == first
+        assert isvc["status"]["stable"]["weight"] == 100
+
+        # A canary whose model cannot load: the server exits, the pod crash-loops, the rollout
+        # stops with the pod's reason; stable never stopped answering.
+        answered = len(traffic.versions)
+        api.patch("InferenceService", "faulty", {"spec": {"model": {"version": broken}}})
+        isvc = _outcome(api, "faulty", broken)
+        rollout = isvc["status"]["rollout"]
+        assert rollout["phase"] == "Failed", rollout
+        assert rollout["reason"] in ("CrashLoopBackOff", "Error"), rollout
+        assert "cannot serve" in rollout["message"] and broken in rollout["message"]
+        assert isvc["status"]["stable"]["modelVersion"] == first
+        condition = next(c for c in isvc["status"]["conditions"] if c["type"] == "Ready")
+        assert condition["status"] == "True"
+        wait_for(lambda: len(traffic.versions) > answered + 20, timeout=30, message="stable still answering")
+        assert set(traffic.versions[answered:]) == {first}
+    finally:
+        traffic.close()
+    api.delete("InferenceService", "faulty")
+
+
+def test_shadow_promotes_an_equal_model_and_rejects_a_worse_one(
+    sandbox_up: Sandbox, two_versions: tuple[str, str], tmp_path: Path
+) -> None:
+    api = sandbox_up.api
+    first, second = two_versions
+    swapped = _register_rule_model(sandbox_up, "swapped", tmp_path)
+    manifest = _service(first)
+    manifest["metadata"]["name"] = "shadowed"
+    manifest["spec"]["rollout"] = {
+        "strategy": "Shadow",
+        "shadow": {"margin": "0.05"},
+        "analysis": {
+            "interval": "3s",
+            "threshold": 2,
+            "minRequests": 10,
+            "minSamples": 100,
+            "progressDeadlineSeconds": 120,
+            "metrics": [{"name": "error-rate", "max": "0.05"}],
+        },
+    }
+    traffic = _serving(api, "shadowed", manifest)
+    try:
+        # The same training run's twin: equal on every row, so promoted once enough pairs are in.
+        api.patch("InferenceService", "shadowed", {"spec": {"model": {"version": second}}})
+        isvc = _outcome(api, "shadowed", second)
+        rollout = isvc["status"]["rollout"]
+        assert (rollout["phase"], rollout["reason"]) == ("Succeeded", "Promoted"), rollout
+        assert isvc["status"]["stable"]["modelVersion"] == second
+        shadow = rollout["shadow"]  # the numbers that decided it stay in status
+        assert shadow["pairs"] >= 100 and shadow["mirrored"] > 0 and shadow["agreement"] == "1", shadow
+        assert shadow["stableOnlyCorrect"] == shadow["candidateOnlyCorrect"] == 0
+        # Clients got only stable's answers until the promotion (promotedAt is rounded down).
+        promoted = dt.datetime.fromisoformat(
+            isvc["status"]["history"][-1]["promotedAt"].replace("Z", "+00:00")
+        )
+        before = [
+            v for v, t in zip(traffic.versions, traffic.times, strict=False) if t < promoted.timestamp()
+        ]
+        assert before and set(before) == {first}, set(before)
+        passed = _named_events(api, "shadowed", "AnalysisPassed")[-1]["message"]
+        assert "not worse than stable by more than 0.05" in passed and "labelled pairs" in passed
+        assert _named_events(api, "shadowed", "ShadowStarted")
+
+        # A candidate that swaps two classes: the pairs show it, and it is rejected.
+        api.patch("InferenceService", "shadowed", {"spec": {"model": {"version": swapped}}})
+        isvc = _outcome(api, "shadowed", swapped)
+        rollout = isvc["status"]["rollout"]
+        assert (rollout["phase"], rollout["reason"]) == ("RolledBack", "ShadowRejected"), rollout
+        assert float(rollout["shadow"]["upperBound"]) < -0.05
+        assert rollout["shadow"]["stableOnlyCorrect"] > rollout["shadow"]["candidateOnlyCorrect"]
+        assert isvc["status"]["stable"]["modelVersion"] == second
+        warning = _named_events(api, "shadowed", "RolledBack")[-1]
+        assert warning["type"] == "Warning" and "worse than stable by more than 0.05" in warning["message"]
+        assert swapped not in set(traffic.versions)  # never answered a client
+        # The mirror is switched off again on stable's pods.
+        deployment = api.get("Deployment", f"shadowed-v{second}") or {}
+        env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert "MLOPS_SERVE_SHADOW_URL" not in env
+    finally:
+        traffic.close()
+    api.delete("InferenceService", "shadowed")

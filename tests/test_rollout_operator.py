@@ -233,8 +233,18 @@ def test_the_gateway_api_router_splits_by_route_weights(cluster: Cluster, traffi
     pin(cluster, "routed", "2")
     start_pod(cluster, traffic, "routed", "2")
     wait_for(lambda: backends() == [("routed-v1", 90), ("routed-v2", 10)], message="the first step at 10%")
-    status = (cluster.get("InferenceService", "routed") or {})["status"]
-    assert status["canary"]["weight"] == 10 and status["router"] == "GatewayAPI"
+    # The route is applied before status is written (in the same reconcile): poll status too.
+    status = wait_for(
+        lambda: (
+            (s := (cluster.get("InferenceService", "routed") or {}).get("status") or {})
+            .get("canary", {})
+            .get("weight")
+            == 10
+            and s
+        ),
+        message="status reporting the 10% step",
+    )
+    assert status["router"] == "GatewayAPI"
     # The stable Service keeps to the stable version: callers outside the mesh are not split.
     assert (cluster.get("Service", "routed") or {})["spec"]["selector"]["mlops.dev/model-version"] == "1"
     wait_for(lambda: backends() == [("routed-v1", 50), ("routed-v2", 50)], timeout=30, message="50%")

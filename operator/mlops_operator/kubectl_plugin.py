@@ -158,7 +158,23 @@ def format_status(obj: Mapping[str, Any]) -> str:
     phase = rollout.get("phase", "Idle")
     reason = f" ({rollout['reason']})" if rollout.get("reason") else ""
     lines.append(f"Rollout:     {phase}{reason}")
-    if phase in IN_PROGRESS or rollout.get("candidate"):
+    shadow: Mapping[str, Any] = rollout.get("shadow") or {}
+    if rollout.get("strategy") == "Shadow" and (phase in IN_PROGRESS or rollout.get("candidate")):
+        lines.append(
+            f"  candidate {_or_dash(rollout.get('candidate'))} in shadow (no traffic: a mirrored copy), "
+            f"failed checks {rollout.get('failedChecks', 0)}/{threshold}"
+        )
+        if shadow:
+            lines.append(
+                f"  mirrored {shadow.get('mirrored', 0)} requests (dropped {shadow.get('dropped', 0)}, "
+                f"failed {shadow.get('failed', 0)}), agreement {_or_dash(shadow.get('agreement'))} on "
+                f"{shadow.get('compared', 0)} rows, {shadow.get('pairs', 0)} labelled pairs "
+                f"(stable alone right {shadow.get('stableOnlyCorrect', 0)}, candidate alone right "
+                f"{shadow.get('candidateOnlyCorrect', 0)}), accuracy difference "
+                f"{_or_dash(shadow.get('difference'))} in [{_or_dash(shadow.get('lowerBound'))}, "
+                f"{_or_dash(shadow.get('upperBound'))}]"
+            )
+    elif phase in IN_PROGRESS or rollout.get("candidate"):
         step = int(rollout.get("step") or 0)
         lines.append(
             f"  candidate {_or_dash(rollout.get('candidate'))}, step {min(step + 1, len(steps))}/{len(steps)} "

@@ -18,6 +18,7 @@ from mlops_operator.api.shared_fields import (
     ResourceRequirements,
     cel,
 )
+from mlops_operator.api.trainingjob import EnvFromSecret
 
 KIND = "InferenceService"
 PLURAL = "inferenceservices"
@@ -174,9 +175,34 @@ class AutoRollback(ApiModel):
     cooldown: Duration = Field(default="1h", description="At most one automatic rollback per cooldown.")
 
 
+class Shadow(ApiModel):
+    """The Shadow strategy: stable answers every request, the candidate gets a mirrored copy."""
+
+    margin: Fraction = Field(
+        default="0.02",
+        description="Non-inferiority margin: the candidate is promoted once its accuracy on the same "
+        "labelled requests is shown above stable's minus this (McNemar pairs, always-valid at "
+        "analysis.alpha), and rejected once shown below it.",
+    )
+    max_inflight: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=32,
+        description="Mirrored requests in flight per stable replica; beyond it a copy is dropped (and "
+        "counted) rather than queued, so a slow candidate never slows the stable version down.",
+    )
+    timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = Field(
+        default=1000, description="A mirrored request not answered within this is dropped (and counted)."
+    )
+
+
 class Rollout(ApiModel):
-    strategy: Literal["Canary", "Replace"] = "Replace"
+    strategy: Literal["Canary", "Shadow", "Replace"] = Field(
+        default="Replace",
+        description="Replace: the new version replaces stable once ready. Canary: traffic moves in "
+        "analysis.stepWeights, each step analysed. Shadow: the candidate gets a mirrored copy of every "
+        "request and is promoted or rejected on a paired comparison with stable.",
+    )
     analysis: Analysis = Field(default_factory=Analysis)
+    shadow: Shadow = Field(default_factory=Shadow)
     auto_rollback: AutoRollback = Field(default_factory=AutoRollback)
 
 
@@ -218,6 +244,43 @@ class Retraining(ApiModel):
     drift_min_periods: Annotated[int, Field(ge=1, le=100)] = 3
 
 
+class Capture(ApiModel):
+    """Durable capture of production data: every server writes its predictions and the labels it
+    receives as Parquet under ``uri`` (partitioned by model and date), for TrainingJobs to train on."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "!has(self.sampleRate) || double(self.sampleRate) > 0.0",
+                "sampleRate must be above 0 (remove capture to turn it off)",
+                ".sampleRate",
+            ),
+        )
+    )
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^(file|s3|gs)://.+$")] = Field(
+        description="Where the Parquet dataset goes: file:///data/capture (a volume), s3://bucket/prefix."
+    )
+    sample_rate: Fraction = Field(
+        default="1", description="Share of requests captured (chosen by request id, so labels follow)."
+    )
+    flush_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=1000,
+        description="A server writes a file once this many rows wait: a crashed pod loses at most this "
+        "many rows (or flushSeconds of traffic).",
+    )
+    flush_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=10, description="A server writes waiting rows at least this often."
+    )
+    max_bytes_per_day: Annotated[int, Field(ge=1024, le=1 << 50)] = Field(
+        default=1 << 30,
+        description="Bytes each server process writes per UTC day; beyond it rows are dropped (counted).",
+    )
+    env: Annotated[list[EnvFromSecret], Field(max_length=32)] | None = Field(
+        default=None, description="Credentials for s3:// or gs:// (e.g. AWS_ACCESS_KEY_ID) from Secrets."
+    )
+
+
 class Server(ApiModel):
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
     max_batch_wait_ms: Annotated[int, Field(ge=0, le=1000)] | None = None
@@ -229,6 +292,19 @@ class InferenceServiceSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel(
             ("!has(self.replicas) || !has(self.autoscaling)", "set replicas or autoscaling, not both"),
+            (
+                "!has(self.rollout) || !has(self.rollout.strategy) || self.rollout.strategy != 'Shadow' "
+                "|| !has(self.monitoring) || !has(self.monitoring.enabled) || self.monitoring.enabled",
+                "rollout.strategy Shadow compares the versions on labelled requests: it needs "
+                "monitoring.enabled",
+                ".rollout.strategy",
+            ),
+            (
+                "!has(self.capture) || !has(self.monitoring) || !has(self.monitoring.enabled) "
+                "|| self.monitoring.enabled",
+                "capture needs monitoring.enabled (labels are matched to predictions by the monitor)",
+                ".capture",
+            ),
         )
     )
 
@@ -243,6 +319,9 @@ class InferenceServiceSpec(ApiModel):
     rollout: Rollout = Field(default_factory=Rollout)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     retraining: Retraining | None = None
+    capture: Capture | None = Field(
+        default=None, description="Write predictions and labels durably, for retraining on production data."
+    )
     server: Server | None = None
     image: Annotated[str, Field(max_length=512)] | None = None
     service_account_name: ObjectName | None = None
@@ -274,9 +353,34 @@ class AnalysisResult(ApiModel):
     message: Annotated[str, Field(max_length=1024)] = ""
 
 
+VersionString = Annotated[str, Field(max_length=16)]
+
+
 class LatencyBucket(ApiModel):
     le: Annotated[str, Field(max_length=32)] = Field(description='Upper bound in seconds, or "+Inf".')
     count: Annotated[int, Field(ge=0)]
+
+
+class ShadowCounters(ApiModel):
+    """Cumulative counters of one stable server process's mirror (requests, then rows)."""
+
+    version: VersionString = Field(description="The candidate version mirrored to.")
+    mirrored: Annotated[int, Field(ge=0)] = Field(default=0, description="Requests copied to the candidate.")
+    dropped: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Requests not copied (too many in flight) or not answered in time."
+    )
+    failed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Copies the candidate answered with an error."
+    )
+    compared: Annotated[int, Field(ge=0)] = Field(default=0, description="Rows both versions predicted.")
+    agreed: Annotated[int, Field(ge=0)] = Field(default=0, description="Rows both predicted the same.")
+    pairs: Annotated[int, Field(ge=0)] = Field(default=0, description="Compared rows that received a label.")
+    stable_only: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Labelled pairs stable got right and the candidate wrong."
+    )
+    candidate_only: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Labelled pairs the candidate got right and stable wrong."
+    )
 
 
 class Counters(ApiModel):
@@ -288,6 +392,9 @@ class Counters(ApiModel):
     predictions: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=80)] | None = None
     labelled: Annotated[int, Field(ge=0)] = 0
     correct: Annotated[int, Field(ge=0)] = 0
+    shadow: ShadowCounters | None = Field(
+        default=None, description="A stable process's mirror to a Shadow candidate."
+    )
 
 
 class InstanceCounters(ApiModel):
@@ -313,7 +420,23 @@ class RollbackWatch(ApiModel):
     low_checks: Annotated[int, Field(ge=0)] = 0
 
 
-VersionString = Annotated[str, Field(max_length=16)]
+class ShadowResult(ApiModel):
+    """The paired comparison of a Shadow rollout, over the mirror's counters since it began."""
+
+    mirrored: Annotated[int, Field(ge=0)] = 0
+    dropped: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+    compared: Annotated[int, Field(ge=0)] = 0
+    agreement: Decimal_ | None = Field(default=None, description="Share of compared rows predicted alike.")
+    pairs: Annotated[int, Field(ge=0)] = Field(default=0, description="Labelled rows both versions answered.")
+    stable_only_correct: Annotated[int, Field(ge=0)] = 0
+    candidate_only_correct: Annotated[int, Field(ge=0)] = 0
+    difference: Decimal_ | None = Field(
+        default=None, description="Candidate accuracy minus stable's on the labelled pairs."
+    )
+    lower_bound: Decimal_ | None = None
+    upper_bound: Decimal_ | None = None
+    p_value: Decimal_ | None = Field(default=None, description="Exact McNemar p-value (no difference).")
 
 
 class RolloutStatus(ApiModel):
@@ -321,6 +444,9 @@ class RolloutStatus(ApiModel):
     reason: Annotated[str, Field(max_length=64)] | None = None
     message: Annotated[str, Field(max_length=1024)] | None = None
     target: VersionString | None = Field(default=None, description="The target version the rollout answers.")
+    strategy: Literal["Canary", "Shadow", "Replace"] | None = Field(
+        default=None, description="The strategy this rollout runs (spec changes apply to the next one)."
+    )
     candidate: VersionString | None = None
     rollback_from: VersionString | None = Field(
         default=None, description="Set while a rollback brings back candidate in place of this version."
@@ -342,6 +468,23 @@ class RolloutStatus(ApiModel):
     )
     last_auto_rollback_at: dt.datetime | None = None
     watch: RollbackWatch | None = None
+    shadow: ShadowResult | None = None
+
+
+class CaptureStatus(ApiModel):
+    """The capture of the stable version's servers (their ``/monitoring`` capture blocks, summed)."""
+
+    state: Literal["Ok", "Failing", "Full", "Unknown"] = Field(
+        default="Unknown",
+        description="Failing: a server cannot write to the URI (it keeps serving; rows are dropped). "
+        "Full: a server reached maxBytesPerDay today.",
+    )
+    predictions: Annotated[int, Field(ge=0)] = Field(default=0, description="Prediction rows written.")
+    labels: Annotated[int, Field(ge=0)] = Field(default=0, description="Label rows written.")
+    dropped: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Rows not written: write errors, the size bound, a backlog (not sampling)."
+    )
+    message: Annotated[str, Field(max_length=1024)] | None = None
 
 
 class MonitoringStatus(ApiModel):
@@ -353,10 +496,10 @@ class MonitoringStatus(ApiModel):
     accuracy: Decimal_ | None = None
     samples: Annotated[int, Field(ge=0)] = 0
     labelled_samples: Annotated[int, Field(ge=0)] = 0
-    last_checked: dt.datetime | None = None
     recent_drift: Annotated[list[bool], Field(max_length=100)] | None = Field(
         default=None, description="Drift verdicts of the last retraining.driftPeriods checks, oldest first."
     )
+    capture: CaptureStatus | None = None
 
 
 class HistoryEntry(ApiModel):

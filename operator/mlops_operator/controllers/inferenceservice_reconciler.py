@@ -89,11 +89,10 @@ class NoModel(Exception):
 
 
 def _model_versions(ctx: Context[InferenceServiceSpec]) -> list[dict[str, Any]]:
-    return [
-        mv
-        for mv in ctx.kube.list("ModelVersion", ctx.namespace)
-        if mv.get("spec", {}).get("model", {}).get("name") == ctx.spec.model.name
-    ]
+    """The ModelVersions of the served model (the operator's cache indexes them by model name)."""
+    return ctx.kube.list(
+        "ModelVersion", ctx.namespace, field_selector=f"spec.model.name={ctx.spec.model.name}"
+    )
 
 
 def _version_of(mv: dict[str, Any]) -> str | None:
@@ -142,7 +141,11 @@ def resolve_target(ctx: Context[InferenceServiceSpec], versions: list[dict[str, 
 
 
 def _converge_version(
-    ctx: Context[InferenceServiceSpec], target: Target, role: str, replicas: int | None = None
+    ctx: Context[InferenceServiceSpec],
+    target: Target,
+    role: str,
+    replicas: int | None = None,
+    shadow: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Deployment, Service and HPA of one version; the live Deployment.
 
@@ -167,6 +170,7 @@ def _converge_version(
         role=role,
         image_pull_policy=settings.image_pull_policy,
         log_format=settings.log_format,
+        shadow=shadow,
     )
     live, _ = ctx.kube.apply(deployment)
     ctx.kube.apply(children.build_version_service(ctx.owner, target.version))
@@ -245,7 +249,9 @@ def _monitoring(
         status.pop("monitoring", None)
         return ("Unknown", "MonitoringDisabled", "spec.monitoring.enabled is false"), None, None
     summary = summarize(fetch_snapshots(pods) if snapshots is None else snapshots, ctx.spec.monitoring)
-    status["monitoring"] = {**summary["status"], "lastChecked": now_iso()}
+    # No check timestamp here: a status that moves on every scrape is a write per service per
+    # interval; the servers' own /metrics say how fresh their figures are.
+    status["monitoring"] = dict(summary["status"])
     block = summary["status"]
     if summary["drift"] is None:
         drift: Verdict = (
@@ -384,6 +390,15 @@ def observe_version(
     return ObservedVersion(deployment, pods, snapshots, state)
 
 
+def _mirror(ctx: Context[InferenceServiceSpec], version: str | None) -> tuple[str, str] | None:
+    """Where stable's servers copy requests in a Shadow rollout: the candidate Service's address."""
+    if version is None:
+        return None
+    service = ctx.kube.get("Service", ctx.namespace, children.predictor_name(ctx.name, version))
+    url = children.version_service_url(service)
+    return (url, version) if url else None
+
+
 def _effective_weight(stable_ready: int, canary_ready: int, canary_selected: bool) -> int:
     """The share of requests the canary gets with the Replicas router: its share of ready pods."""
     if not canary_selected or canary_ready == 0:
@@ -496,7 +511,7 @@ def reconcile(ctx: Context[InferenceServiceSpec]) -> dict[str, Any]:
     # -- apply ----------------------------------------------------------------------------------
     stable_version = str(decision.stable_version)
     stable_target = _target_for(stable_version, versions)
-    stable = _converge_version(ctx, stable_target, "stable")
+    stable = _converge_version(ctx, stable_target, "stable", shadow=_mirror(ctx, decision.mirror))
     canary_weight = decision.weights.get("canary", 0)
     candidate_live: dict[str, Any] | None = None
     if decision.candidate is not None:

@@ -87,6 +87,51 @@ def _server_args(
     return args
 
 
+def _shadow_env(spec: InferenceServiceSpec, shadow: tuple[str, str] | None) -> list[dict[str, Any]]:
+    if shadow is None:
+        return []
+    settings = spec.rollout.shadow
+    return [
+        {"name": "MLOPS_SERVE_SHADOW_URL", "value": shadow[0]},
+        {"name": "MLOPS_SERVE_SHADOW_VERSION", "value": shadow[1]},
+        {"name": "MLOPS_SERVE_SHADOW_MAX_INFLIGHT", "value": str(settings.max_inflight)},
+        {"name": "MLOPS_SERVE_SHADOW_TIMEOUT_MS", "value": str(settings.timeout_ms)},
+    ]
+
+
+def _capture_env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+    """``MLOPS_SERVE_CAPTURE_*`` (and the storage credentials) when ``spec.capture`` is set."""
+    capture = spec.capture
+    if capture is None:
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": "MLOPS_SERVE_CAPTURE_URI", "value": capture.uri},
+        {"name": "MLOPS_SERVE_CAPTURE_SAMPLE_RATE", "value": capture.sample_rate},
+        {"name": "MLOPS_SERVE_CAPTURE_FLUSH_ROWS", "value": str(capture.flush_rows)},
+        {"name": "MLOPS_SERVE_CAPTURE_FLUSH_SECONDS", "value": str(capture.flush_seconds)},
+        {"name": "MLOPS_SERVE_CAPTURE_MAX_BYTES_PER_DAY", "value": str(capture.max_bytes_per_day)},
+    ]
+    for item in capture.env or []:
+        ref = {"name": item.secret_key_ref.name, "key": item.secret_key_ref.key}
+        env.append({"name": item.name, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def version_service_url(service: dict[str, Any] | None) -> str | None:
+    """``http://<ClusterIP>:<port>`` of a version's Service, once it has a ClusterIP.
+
+    The address rather than the DNS name: it reaches the Service from any pod, with or
+    without cluster DNS (the sandbox has none), and stays fixed for the Service's life.
+    """
+    spec = (service or {}).get("spec") or {}
+    address = spec.get("clusterIP")
+    ports = spec.get("ports") or []
+    if not address or address == "None" or not ports:
+        return None
+    host = f"[{address}]" if ":" in str(address) else str(address)
+    return f"http://{host}:{ports[0].get('port', PORT)}"
+
+
 def build_predictor_deployment(
     owner: dict[str, Any],
     spec: InferenceServiceSpec,
@@ -101,8 +146,12 @@ def build_predictor_deployment(
     role: str = "stable",
     image_pull_policy: str = "IfNotPresent",
     log_format: str = "plain",
+    shadow: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Deployment serving one model version. ``replicas`` None: left to the HPA.
+
+    ``shadow`` (base URL, version): a Shadow rollout's candidate, to which this version's
+    servers copy every prediction request (set on stable while the shadow runs).
 
     ``log_format`` is the operator's: the server logs the same way (plain is every command's
     default, so only json is written into the pod).
@@ -126,6 +175,8 @@ def build_predictor_deployment(
             {"name": "HOME", "value": "/tmp"},
             {"name": "MLOPS_SERVE_DOWNLOAD_DIR", "value": "/tmp/model"},
             *log_format_env(log_format),
+            *_shadow_env(spec, shadow),
+            *_capture_env(spec),
         ],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # Ready means the model is downloaded, verified and loaded (the server answers 503 before).

@@ -75,6 +75,69 @@ def _merge(a: Buckets, b: Buckets, sign: int = 1) -> Buckets:
     return tuple((le, _cumulative_at(a, le) + sign * _cumulative_at(b, le)) for le in bounds)
 
 
+_SHADOW_FIELDS = (
+    ("mirrored", "mirrored"),
+    ("dropped", "dropped"),
+    ("failed", "failed"),
+    ("compared", "compared"),
+    ("agreed", "agreed"),
+    ("pairs", "pairs"),
+    ("stable_only", "stableOnly"),
+    ("candidate_only", "candidateOnly"),
+)
+
+
+@dataclass(frozen=True)
+class ShadowCounters:
+    """A stable process's mirror to a Shadow candidate (``counters.shadow`` of its snapshot).
+
+    ``mirrored``, ``dropped`` and ``failed`` count requests; the rest count rows: ``compared``
+    rows both versions predicted, ``agreed`` those predicted alike, ``pairs`` compared rows
+    that got a label, of which ``stable_only`` stable alone got right and ``candidate_only``
+    the candidate alone (McNemar's discordant pairs b and c).
+    """
+
+    version: str
+    mirrored: int = 0
+    dropped: int = 0
+    failed: int = 0
+    compared: int = 0
+    agreed: int = 0
+    pairs: int = 0
+    stable_only: int = 0
+    candidate_only: int = 0
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> ShadowCounters:
+        """From the server's snapshot or the stored status (both camelCase)."""
+        values = {name: int(data.get(key) or 0) for name, key in _SHADOW_FIELDS}
+        return cls(version=str(data.get("version") or ""), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, **{key: getattr(self, name) for name, key in _SHADOW_FIELDS}}
+
+    def combine(self, other: ShadowCounters, sign: int = 1) -> ShadowCounters:
+        values = {name: getattr(self, name) + sign * getattr(other, name) for name, _ in _SHADOW_FIELDS}
+        return ShadowCounters(version=self.version or other.version, **values)
+
+    def below(self, baseline: ShadowCounters) -> bool:
+        return any(getattr(self, name) < getattr(baseline, name) for name, _ in _SHADOW_FIELDS)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+
+def _shadow_sum(a: ShadowCounters | None, b: ShadowCounters | None, sign: int = 1) -> ShadowCounters | None:
+    if b is None:
+        return a
+    if a is None:
+        return b if sign > 0 else None
+    if a.version != b.version:
+        return a  # a mirror to another candidate: not the same counters
+    return a.combine(b, sign)
+
+
 @dataclass(frozen=True)
 class VersionCounters:
     """Cumulative counters of one version (one process, or summed over processes, or a window).
@@ -89,6 +152,7 @@ class VersionCounters:
     predictions: Mapping[str, int] = field(default_factory=dict)
     labelled: int = 0
     correct: int = 0
+    shadow: ShadowCounters | None = None
 
     # --- wire forms -----------------------------------------------------------------------
 
@@ -109,6 +173,7 @@ class VersionCounters:
             predictions={str(k): int(v) for k, v in (block.get("predictions") or {}).items()},
             labelled=int(block.get("labelled") or 0),
             correct=int(block.get("correct") or 0),
+            shadow=ShadowCounters.from_wire(block["shadow"]) if block.get("shadow") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +188,8 @@ class VersionCounters:
             result["latency"] = [{"le": _le_text(le), "count": count} for le, count in self.latency]
         if self.predictions:
             result["predictions"] = dict(sorted(self.predictions.items()))
+        if self.shadow is not None:
+            result["shadow"] = self.shadow.to_dict()
         return result
 
     @classmethod
@@ -136,6 +203,7 @@ class VersionCounters:
             predictions={str(k): int(v) for k, v in (data.get("predictions") or {}).items()},
             labelled=int(data.get("labelled") or 0),
             correct=int(data.get("correct") or 0),
+            shadow=ShadowCounters.from_wire(data["shadow"]) if data.get("shadow") else None,
         )
 
     # --- arithmetic -----------------------------------------------------------------------
@@ -151,6 +219,7 @@ class VersionCounters:
             predictions=predictions,
             labelled=self.labelled + other.labelled,
             correct=self.correct + other.correct,
+            shadow=_shadow_sum(self.shadow, other.shadow),
         )
 
     def _is_reset_from(self, baseline: VersionCounters) -> bool:
@@ -161,6 +230,11 @@ class VersionCounters:
             (self.correct, baseline.correct),
         )
         if any(now < then for now, then in scalars):
+            return True
+        if baseline.shadow is not None and (
+            self.shadow is None
+            or (self.shadow.version == baseline.shadow.version and self.shadow.below(baseline.shadow))
+        ):
             return True
         if any(self.predictions.get(label, 0) < count for label, count in baseline.predictions.items()):
             return True
@@ -183,6 +257,7 @@ class VersionCounters:
             },
             labelled=self.labelled - baseline.labelled,
             correct=self.correct - baseline.correct,
+            shadow=_shadow_sum(self.shadow, baseline.shadow, sign=-1),
         )
 
     # --- derived values -------------------------------------------------------------------

@@ -37,6 +37,17 @@ Canary (``rollout.strategy: Canary``), in order:
    weight and does nothing else (no checks, no deadlines) until it is resumed; resuming
    restarts the step's analysis and clock.
 
+Shadow (``rollout.strategy: Shadow``) keeps every request on stable. The candidate starts at
+full size beside it (the same readiness rules and deadline as a canary); once it has a ready
+replica the decision's ``mirror`` names it, and the controller configures stable's servers to
+copy each request to it (bounded, off the request path). Every ``interval`` the candidate's
+error rate and latency on the copies are checked against stable's (the fast checks, with
+``threshold``), and the labelled pairs are judged by McNemar's comparison
+(``shadow_analysis.py``): non-inferior within ``rollout.shadow.margin`` promotes (traffic
+switches at once, the candidate already runs at full size), worse by more than the margin
+rejects with the numbers, and too few pairs hold until ``progressDeadlineSeconds``, then
+``onNoData`` decides.
+
 After promotion (nothing in progress), the promoted version is watched: every interval, over
 the counters since the last conclusive check, accuracy below ``monitoring.accuracy.min``
 (once ``minSamples`` labels are in the window) or an error rate above the error-rate
@@ -72,6 +83,7 @@ from mlops_operator.rollout.canary_analysis import (
     is_fast,
     window,
 )
+from mlops_operator.rollout.shadow_analysis import paired_check, shadow_status
 
 COMMAND_ANNOTATION = "mlops.dev/rollout-command"
 IN_PROGRESS = ("Progressing", "Paused", "Promoting")
@@ -156,6 +168,7 @@ class RolloutDecision:
     events: tuple[Event, ...] = ()
     clear_command: bool = False  # the command annotation was handled (applied or refused)
     requeue_after: float | None = None  # seconds until something is due (a check, a deadline)
+    mirror: str | None = None  # Shadow: the candidate version stable's servers copy requests to
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -233,6 +246,7 @@ class _Plan:
     events: list[Event] = field(default_factory=list)
     clear_command: bool = False
     requeue_after: float | None = None
+    mirror: str | None = None
 
     @property
     def now(self) -> dt.datetime:
@@ -245,6 +259,11 @@ class _Plan:
     @property
     def phase(self) -> str:
         return str(self.r.get("phase") or "Idle")
+
+    @property
+    def strategy(self) -> str:
+        """The running rollout's strategy (a spec change applies to the next rollout)."""
+        return str(self.r.get("strategy") or self.spec.rollout.strategy)
 
     @property
     def interval(self) -> float:
@@ -306,6 +325,7 @@ class _Plan:
             events=tuple(self.events),
             clear_command=self.clear_command,
             requeue_after=self.requeue_after,
+            mirror=self.mirror,
         )
 
 
@@ -395,6 +415,7 @@ def _start(plan: _Plan) -> None:
         plan.fresh(
             phase="Promoting",
             reason="Replace",
+            strategy="Replace",
             candidate=target,
             startedAt=now,
             stepStartedAt=now,
@@ -411,9 +432,31 @@ def _start(plan: _Plan) -> None:
         plan.requeue(plan.interval)
         return
     weights = obs.spec.rollout.analysis.step_weights
+    if obs.spec.rollout.strategy == "Shadow":
+        plan.fresh(
+            phase="Progressing",
+            reason="CandidateStarting",
+            strategy="Shadow",
+            candidate=target,
+            failedChecks=0,
+            startedAt=now,
+            stepStartedAt=now,
+            message=f"waiting for version {target} to become ready",
+        )
+        shadow = obs.spec.rollout.shadow
+        plan.event(
+            "Normal",
+            "RolloutStarted",
+            f"shadow of version {target} next to version {stable}: version {stable} answers every request, "
+            f"version {target} gets a mirrored copy; promoted when not worse by more than {shadow.margin} "
+            f"on {obs.spec.rollout.analysis.min_samples}+ labelled pairs",
+        )
+        _shadowing(plan)
+        return
     plan.fresh(
         phase="Progressing",
         reason="CandidateStarting",
+        strategy="Canary",
         candidate=target,
         step=0,
         canaryWeight=0,
@@ -434,6 +477,12 @@ def _start(plan: _Plan) -> None:
 def _hold(plan: _Plan, weight: int) -> None:
     candidate = str(plan.r["candidate"])
     plan.weights = {"stable": 100 - weight, "canary": weight}
+    if plan.strategy == "Shadow":
+        # The candidate takes a copy of all of stable's traffic: it runs at full size.
+        plan.candidate = CandidatePlan(candidate, max(1, plan.spec.desired_replicas))
+        if plan.r.get("baseline"):
+            plan.mirror = candidate
+        return
     steps = plan.spec.rollout.analysis.step_weights
     step = min(int(plan.r.get("step") or 0), len(steps) - 1)
     # The Gateway API router splits by request weight: the canary runs at full size from the
@@ -454,10 +503,68 @@ def _abort(plan: _Plan, phase: str, reason: str, message: str) -> None:
     plan.reject(candidate)
     plan.weights = {"stable": 100, "canary": 0}
     plan.candidate = CandidatePlan(candidate, 0)
+    plan.mirror = None
     plan.event("Warning", "RolledBack" if phase == "RolledBack" else "RolloutFailed", message)
 
 
+def _not_ready_yet(plan: _Plan, candidate: VersionState, started: dt.datetime, stable_note: str) -> None:
+    """The candidate has no ready replica: wait for it, or abort once past the deadline."""
+    waited = (plan.now - started).total_seconds()
+    if waited >= plan.deadline:
+        _abort(
+            plan,
+            "Failed",
+            "ProgressDeadlineExceeded",
+            f"version {candidate.version} has no ready replica after {int(waited)}s "
+            f"(progressDeadlineSeconds {int(plan.deadline)}); stable version {plan.stable} {stable_note}",
+        )
+        return
+    plan.r["message"] = (
+        f"waiting for version {candidate.version} to become ready ({candidate.ready_replicas} ready)"
+    )
+    plan.requeue(min(plan.interval, plan.deadline - waited))
+
+
+def _no_data_past_deadline(plan: _Plan, started: dt.datetime, last_check: dt.datetime, what: str) -> bool:
+    """``onNoData`` once data has been missing for ``progressDeadlineSeconds``; True if it aborted.
+
+    ``what`` says what is missing and where the rollout holds. Hold warns once, at the first
+    check past the deadline.
+    """
+    elapsed = (plan.now - started).total_seconds()
+    if elapsed < plan.deadline:
+        return False
+    version = plan.r.get("candidate")
+    if plan.spec.rollout.analysis.on_no_data == "Fail":
+        _abort(plan, "Failed", "NoData", f"version {version}: {what} for {int(elapsed)}s (onNoData: Fail)")
+        return True
+    if (last_check - started).total_seconds() < plan.deadline:
+        plan.event(
+            "Warning",
+            "AnalysisNoData",
+            f"version {version} holds: {what} for {int(elapsed)}s (onNoData: Hold)",
+        )
+    return False
+
+
+def _count_failed_check(plan: _Plan, failed: Sequence[CheckResult], rolled_back: str) -> bool:
+    """Count a failed check; True if it reached ``threshold`` and the rollout was aborted."""
+    analysis = plan.spec.rollout.analysis
+    count = int(plan.r.get("failedChecks") or 0) + 1
+    detail = "; ".join(result.message for result in failed)
+    plan.r["failedChecks"] = count
+    if count >= analysis.threshold:
+        _abort(plan, "RolledBack", "AnalysisFailed", f"{rolled_back} after {count} failed checks: {detail}")
+        return True
+    plan.r.update(reason="CheckFailed", message=f"check failed ({count} of {analysis.threshold}): {detail}")
+    plan.event("Warning", "AnalysisFailed", plan.r["message"])
+    return False
+
+
 def _progressing(plan: _Plan) -> None:
+    if plan.strategy == "Shadow":
+        _shadowing(plan)
+        return
     r, now = plan.r, plan.now
     analysis = plan.spec.rollout.analysis
     steps = analysis.step_weights
@@ -494,19 +601,8 @@ def _progressing(plan: _Plan) -> None:
             _hold(plan, weight)
             plan.requeue(plan.interval)
             return
-        waited = (now - step_started).total_seconds()
-        if waited >= plan.deadline:
-            _abort(
-                plan,
-                "Failed",
-                "ProgressDeadlineExceeded",
-                f"version {version} has no ready replica after {int(waited)}s "
-                f"(progressDeadlineSeconds {int(plan.deadline)}); stable version {plan.stable} keeps all traffic",
-            )
-            return
-        r["message"] = f"waiting for version {version} to become ready ({candidate.ready_replicas} ready)"
         _hold(plan, 0)
-        plan.requeue(min(plan.interval, plan.deadline - waited))
+        _not_ready_yet(plan, candidate, step_started, "keeps all traffic")
         return
 
     _hold(plan, weight)
@@ -525,39 +621,14 @@ def _progressing(plan: _Plan) -> None:
     }
     failed = [result for result in results if result.verdict == "Fail"]
     if failed:
-        count = int(r.get("failedChecks") or 0) + 1
-        detail = "; ".join(result.message for result in failed)
-        r.update(failedChecks=count, checkBaseline=current)
-        if count >= analysis.threshold:
-            _abort(
-                plan,
-                "RolledBack",
-                "AnalysisFailed",
-                f"version {version} rolled back at {weight}% after {count} failed checks: {detail}",
-            )
-            return
-        r.update(reason="CheckFailed", message=f"check failed ({count} of {analysis.threshold}): {detail}")
-        plan.event("Warning", "AnalysisFailed", r["message"])
+        r["checkBaseline"] = current
+        _count_failed_check(plan, failed, f"version {version} rolled back at {weight}%")
         return
     missing = [result for result in results if result.fast and result.verdict == "NoData"]
     if missing:
-        elapsed = (now - step_started).total_seconds()
         detail = "; ".join(result.message for result in missing)
-        if elapsed >= plan.deadline:
-            if analysis.on_no_data == "Fail":
-                _abort(
-                    plan,
-                    "Failed",
-                    "NoData",
-                    f"version {version}: no data for {int(elapsed)}s at {weight}% (onNoData: Fail): {detail}",
-                )
-                return
-            if (last_check - step_started).total_seconds() < plan.deadline:
-                plan.event(
-                    "Warning",
-                    "AnalysisNoData",
-                    f"version {version} holds at {weight}%: no data for {int(elapsed)}s (onNoData: Hold): {detail}",
-                )
+        if _no_data_past_deadline(plan, step_started, last_check, f"no data at {weight}% ({detail})"):
+            return
         r.update(reason="NoData", message=f"holding at {weight}%: {detail}")
         return
     r["checkBaseline"] = current
@@ -587,6 +658,93 @@ def _progressing(plan: _Plan) -> None:
     )
     plan.event("Normal", "AnalysisPassed", r["message"])
     _promoting(plan)
+
+
+def _shadowing(plan: _Plan) -> None:
+    """A Shadow rollout: wait for the candidate, mirror to it, judge the labelled pairs."""
+    r, now = plan.r, plan.now
+    analysis = plan.spec.rollout.analysis
+    candidate = plan.candidate_state()
+    version, stable = candidate.version, str(plan.stable)
+    started = _time(r.get("stepStartedAt")) or now
+    if candidate.problem is not None:
+        _abort(
+            plan,
+            "Failed",
+            candidate.problem[0],
+            f"version {version} cannot serve: {candidate.problem[1]}; stable version {stable} answers alone",
+        )
+        return
+    if not r.get("baseline"):
+        _hold(plan, 0)
+        if candidate.ready_replicas >= 1:
+            readings = {
+                "stable": _readings_to_status(plan.stable_readings()),
+                "candidate": _readings_to_status(candidate.counters),
+            }
+            r.update(
+                baseline=readings,
+                checkBaseline=readings,
+                stepStartedAt=_iso(now),
+                lastCheckAt=_iso(now),
+                reason="Mirroring",
+                message=f"version {version} receives a mirrored copy of version {stable}'s requests",
+            )
+            plan.event("Normal", "ShadowStarted", r["message"])
+            plan.mirror = version
+            plan.requeue(plan.interval)
+            return
+        _not_ready_yet(plan, candidate, started, "answers alone")
+        return
+
+    _hold(plan, 0)
+    last_check = _time(r.get("lastCheckAt")) or started
+    due = last_check + dt.timedelta(seconds=plan.interval)
+    if now < due:
+        plan.requeue((due - now).total_seconds())
+        return
+    plan.requeue(plan.interval)
+    # Errors and latency of the candidate's answers to the copies, against stable's (fast).
+    fast = [result for result in _analyse(plan, candidate) if result.fast]
+    # The labelled pairs, over the whole mirror (from the processes mirroring to this version).
+    mirroring = [(i, c) for i, c in plan.stable_readings() if c.shadow and c.shadow.version == version]
+    shadow = window(mirroring, _readings_from_status((r.get("baseline") or {}).get("stable"))).shadow
+    paired, test = paired_check(
+        shadow,
+        margin=float(plan.spec.rollout.shadow.margin),
+        alpha=float(analysis.alpha),
+        min_samples=max(1, analysis.min_samples),
+    )
+    r.update(
+        lastAnalysis=[result.to_dict() for result in [*fast, paired]][:24],
+        lastCheckAt=_iso(now),
+        shadow=shadow_status(shadow, test),
+        checkBaseline={
+            "stable": _readings_to_status(plan.stable_readings()),
+            "candidate": _readings_to_status(candidate.counters),
+        },
+    )
+    failed = [result for result in fast if result.verdict == "Fail"]
+    if failed:
+        _count_failed_check(plan, failed, f"version {version} rejected in shadow")
+        return
+    if paired.verdict == "Fail":
+        _abort(plan, "RolledBack", "ShadowRejected", f"version {version} rejected: {paired.message}")
+        return
+    if paired.verdict == "Pass":
+        r.update(
+            phase="Promoting",
+            reason="ShadowPassed",
+            stepStartedAt=_iso(now),
+            message=f"version {version} passed its shadow analysis: {paired.message}",
+        )
+        plan.event("Normal", "AnalysisPassed", r["message"])
+        _promoting(plan)
+        return
+    waiting = paired.samples < max(1, analysis.min_samples)
+    if waiting and _no_data_past_deadline(plan, started, last_check, f"in shadow, {paired.message}"):
+        return
+    r.update(reason="NoData" if waiting else "Analysing", message=f"in shadow: {paired.message}")
 
 
 def _analyse(plan: _Plan, candidate: VersionState) -> list[CheckResult]:
@@ -633,6 +791,7 @@ def _promoting(plan: _Plan) -> None:
     weight = int(r.get("canaryWeight") or 0)
     plan.candidate = CandidatePlan(version, desired)
     plan.weights = {"stable": 100 - weight, "canary": weight}
+    plan.mirror = None  # promoting: the candidate answers for itself
     if candidate.ready_replicas >= desired:
         plan.stable, plan.candidate = version, None
         plan.weights = {"stable": 100, "canary": 0}
@@ -671,8 +830,10 @@ def _promoting(plan: _Plan) -> None:
             reason="Promoted",
             message=f"version {version} serves all traffic; version {old} retired",
             startedAt=r.get("startedAt"),
+            strategy=r.get("strategy"),
             lastAnalysis=r.get("lastAnalysis"),
             failedChecks=r.get("failedChecks"),
+            shadow=r.get("shadow"),
         )
         plan.event("Normal", "Promoted", str(plan.r["message"]))
         return
@@ -689,7 +850,7 @@ def _promoting(plan: _Plan) -> None:
         )
         plan.event("Warning", "RollbackFailed", str(plan.r["message"]))
         return
-    if problem is not None and obs.spec.rollout.strategy == "Canary" and not rollback_from:
+    if problem is not None and plan.strategy != "Replace" and not rollback_from:
         _abort(
             plan,
             "Failed",
@@ -769,10 +930,11 @@ def _watch(plan: _Plan) -> None:
                 f"error-rate {counts.error_rate:.4g} > max {error_max:g} over {counts.requests} requests"
             )
     wanted = 1 + (error_max is not None)
-    watch["checkedAt"] = _iso(now)
     if not bad and len(judged) < wanted:
-        r["watch"] = watch  # not enough data for a verdict: the window grows
+        # Not enough data for a verdict: the window grows, and status stays as it is (moving
+        # checkedAt here would be a heartbeat: a status write per service per interval).
         return
+    watch["checkedAt"] = _iso(now)
     low = int(watch.get("lowChecks") or 0) + 1 if bad else 0
     watch.update(baseline=_readings_to_status(readings), lowChecks=low)
     r["watch"] = watch
@@ -821,7 +983,7 @@ def _apply_command(plan: _Plan, command: Command) -> str | None:
             and target is not None
             and target != stable
             and target not in plan.rejected
-            and obs.spec.rollout.strategy == "Canary"
+            and obs.spec.rollout.strategy != "Replace"
             and (obs.stable is None or obs.stable.ready_replicas < 1)
         )
         if blocked:

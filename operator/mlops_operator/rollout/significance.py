@@ -187,6 +187,8 @@ class McNemarResult:
     statistic: float  # McNemar's chi-square with continuity correction, (|b - c| - 1)^2 / (b + c)
     non_inferior: bool  # lower_bound > -margin
     sequential: bool  # the bound is always-valid (a confidence sequence) rather than one-look
+    upper_bound: float = 1.0  # upper confidence bound on the difference (1.0 without data)
+    inferior: bool = False  # upper_bound < -margin: worse than stable by more than the margin
 
 
 def mcnemar_noninferiority(
@@ -208,9 +210,11 @@ def mcnemar_noninferiority(
       ``n + 1`` so that no discordant pair yet does not mean zero uncertainty;
     - exact McNemar: ``p = P(|X - m/2| >= |c - m/2|)`` for ``X ~ Binomial(m = b + c, 1/2)``;
     - non-inferiority (H0: ``d <= -margin``) is decided when the lower bound ``L`` exceeds
-      ``-margin``, where ``L = d_hat - h`` and, sequentially (default),
+      ``-margin``, inferiority when the upper bound ``U`` is below ``-margin``, where
+      ``L = d_hat - h``, ``U = d_hat + h`` and, sequentially (default),
       ``h = sqrt(2 v (v + tau^2) / tau^2 * (ln(1/alpha) + ln((v + tau^2) / v) / 2))`` (the
-      inversion of the normal-mixture ratio, valid at every look), or, for one look,
+      inversion of the normal-mixture ratio: a two-sided confidence sequence, so ``L`` and
+      ``U`` hold together with probability ``1 - alpha`` at every look), or, for one look,
       ``h = z_{1-alpha} sqrt(v)``.
 
     Raises ValueError for impossible counts (negative, or ``b + c > n``). ``n = 0`` is no
@@ -234,8 +238,10 @@ def mcnemar_noninferiority(
         half = math.sqrt(2.0 * v * (v + t2) / t2 * (math.log(1.0 / alpha) + 0.5 * math.log((v + t2) / v)))
     else:
         half = float(stats.norm.ppf(1.0 - alpha)) * math.sqrt(v)
-    lower = max(-1.0, difference - half)
-    return McNemarResult(b, c, n, difference, lower, p_value, statistic, lower > -margin, sequential)
+    lower, upper = max(-1.0, difference - half), min(1.0, difference + half)
+    return McNemarResult(
+        b, c, n, difference, lower, p_value, statistic, lower > -margin, sequential, upper, upper < -margin
+    )
 
 
 # --- simulation ------------------------------------------------------------------------------------
