@@ -2,13 +2,18 @@
 
 Starts the sandbox (emulated API server, local runtime, embedded MLflow, the operator), then
 plays the loop as a user would see it: a TrainingJob trains the iris model and registers it;
-its ModelVersion passes its gates; an InferenceService serves it on two replicas; steady
-traffic with correct ground truth keeps drift and accuracy healthy; skewed traffic with wrong
-labels makes both move, and the operator reports it (DriftDetected, Degraded) and asks the
-TrainingJob for a new run, whose version is validated against production; the
-new version rolls out as a canary, step by step, judged against the version it replaces on the
-same live traffic, and is promoted; a version that passed its offline gates (trained on data with
-two labels swapped) is rolled back by the live analysis on its own; a killed replica comes back.
+its ModelVersion passes its gates; an InferenceService serves it on two replicas and captures
+its predictions and the labels it receives to Parquet (``spec.capture``); steady traffic with
+correct ground truth keeps drift and accuracy healthy; then the measurements shift (a new
+instrument) and the labels that come back follow the flowers' real species, a rule the old
+model never learnt for these measurements: drift and accuracy move, the operator reports it
+(DriftDetected, Degraded) and asks the TrainingJob for a new run, which trains on the iris data
+plus the captured, labelled production rows (``dataset.production``) and is validated against
+production; the new version rolls out as a canary on the shifted traffic, judged against the
+version it replaces on the same live labels, and is promoted, and the demo checks that its live
+accuracy on that traffic beats the old version's by :data:`LIVE_MARGIN`; a version that passed
+its offline gates (trained on data with two labels swapped) is rolled back by the live analysis
+on its own; a killed replica comes back.
 Every stage waits for the cluster's own status (with a deadline) and the
 demo exits non-zero naming the stage that did not happen. The sandbox is stopped at the end
 (``--keep`` leaves it running to explore with kubectl).
@@ -54,6 +59,15 @@ DEMO_ROLLOUT: dict[str, Any] = {
 }
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAMESPACE = "default"
+#: The shift of the demo's skewed traffic (cm added to sepal length, sepal width, petal length,
+#: petal width): a new instrument. Three of the four features drift, and the model trained on
+#: iris alone puts most of these flowers in the wrong species (about a third are right).
+SHIFT = np.array([2.0, -1.0, 0.0, 1.0])
+#: How much better (accuracy, 0..1) the retrained version must do than the old one on the same
+#: shifted live traffic, or the demo fails: 10 points.
+LIVE_MARGIN = 0.10
+#: Fewest labelled predictions of each version on the shifted traffic to compare them at all.
+LIVE_MIN_SAMPLES = 50
 
 
 class DemoError(Exception):
@@ -64,6 +78,42 @@ class DemoError(Exception):
 class Traffic:
     sent: int = 0
     labelled: int = 0
+    shifted: int = 0  # labelled rows of shifted traffic
+
+
+class LiveAccuracy:
+    """Accuracy per served version on the shifted traffic, from the answers and the labels sent.
+
+    The demo knows each row's label and each answer names the version that made it
+    (``model_version``), so this is the accuracy the servers' monitors compute, per version,
+    on exactly the requests each version served. Thread-safe: background traffic adds too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def add(self, version: str, correct: int, total: int) -> None:
+        with self._lock:
+            right, seen = self._counts.get(version, (0, 0))
+            self._counts[version] = (right + correct, seen + total)
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            return dict(self._counts)
+
+    @staticmethod
+    def since(
+        now: dict[str, tuple[int, int]], before: dict[str, tuple[int, int]]
+    ) -> dict[str, dict[str, Any]]:
+        """Per version: correct, labelled and accuracy between two snapshots."""
+        window = {}
+        for version, (right, seen) in now.items():
+            right -= before.get(version, (0, 0))[0]
+            seen -= before.get(version, (0, 0))[1]
+            if seen:
+                window[version] = {"correct": right, "labelled": seen, "accuracy": round(right / seen, 4)}
+        return window
 
 
 class Demo:
@@ -76,6 +126,9 @@ class Demo:
         self.url = ""
         self.traffic = Traffic()
         self.retrained = ""
+        self.live = LiveAccuracy()
+        self.live_before: dict[str, dict[str, Any]] = {}
+        self.capture_uri = (directory.resolve() / "capture").as_uri()
         self.sender: tuple[threading.Thread, threading.Event] | None = None
         self.sender_error: Exception | None = None
         self.report = DemoRecorder()
@@ -195,7 +248,21 @@ class Demo:
         return f"ModelVersion {name} Validated ({gates}); MLflow: {mv['status']['uri']}"
 
     def serve(self) -> str:
-        self.apply_example("iris-inferenceservice.yaml", replicas=2, rollout=DEMO_ROLLOUT)
+        assert self.kube is not None
+        # Every server writes its predictions and the labels it receives under the demo's
+        # directory (small batches, so the labels are on disk seconds after they arrive).
+        capture = {"uri": self.capture_uri, "flushRows": 50, "flushSeconds": 2}
+        self.apply_example("iris-inferenceservice.yaml", replicas=2, rollout=DEMO_ROLLOUT, capture=capture)
+        # The TrainingJob's next runs add those labelled rows to the iris data. It is suspended
+        # meanwhile: a spec change starts a run at once, and one now would find no labels
+        # (DataValidationFailed). The retrain the operator will request waits for the resume.
+        production = {"uri": self.capture_uri, "model": "iris-classifier", "since": "1d"}
+        self.kube.patch(
+            "TrainingJob",
+            NAMESPACE,
+            "iris-train",
+            {"spec": {"suspend": True, "dataset": {"production": production}}},
+        )
         isvc = self.wait(
             "InferenceService iris Ready with 2 replicas",
             lambda: (
@@ -206,9 +273,15 @@ class Demo:
         )
         service = self.get("Service", "iris")
         self.url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
-        self.report.note(modelVersion=isvc["status"]["stable"]["modelVersion"], readyReplicas=2)
+        self.report.note(
+            modelVersion=isvc["status"]["stable"]["modelVersion"], readyReplicas=2, capture=self.capture_uri
+        )
         self.report.sample(isvc, self.traffic.sent)
-        return f"version {isvc['status']['stable']['modelVersion']} on 2 replicas at {self.url} (in a cluster: {isvc['status']['url']})"
+        return (
+            f"version {isvc['status']['stable']['modelVersion']} on 2 replicas at {self.url} (in a cluster: "
+            f"{isvc['status']['url']}), capturing to {self.capture_uri}; iris-train will add the labelled "
+            "rows (dataset.production), suspended until there are some"
+        )
 
     def predict(self) -> str:
         with httpx.Client(base_url=self.url, timeout=10) as client:
@@ -231,8 +304,13 @@ class Demo:
         return f"/predict -> {body['prediction']} (p={max(body['probability']):.2f}); v2 infer -> {outputs.get('predict')}"
 
     def send(self, rounds: int, *, skew: bool) -> None:
-        """``rounds`` requests of 10 rows each, each followed by its ground truth (or a wrong label)."""
-        shift = np.array([1.5, -1.0, 3.0, 1.5]) if skew else np.zeros(4)
+        """``rounds`` requests of 10 rows each, each followed by its ground truth.
+
+        ``skew``: the measurements move by :data:`SHIFT` (a new instrument) while the labels stay
+        the flowers' species, so the rule from measurements to species changed in that region;
+        the accuracy of each version that answered is counted in :attr:`live`.
+        """
+        shift = SHIFT if skew else np.zeros(4)
         # A new connection per request, so the Service spreads them over both replicas.
         with httpx.Client(
             base_url=self.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
@@ -243,10 +321,9 @@ class Demo:
                 response = client.post("/predict", json={"instances": batch.round(3).tolist()})
                 if response.status_code != 200:
                     raise DemoError(f"/predict answered {response.status_code}: {response.text[:300]}")
-                ids = response.json()["request_id"]
+                answer = response.json()
+                ids = answer["request_id"]
                 truth = [self.labels[i] for i in rows]
-                if skew:  # the world changed: what the model says is now wrong
-                    truth = [self.classes[(self.classes.index(t) + 1) % 3] for t in truth]
                 feedback = client.post(
                     "/feedback", json=[{"request_id": i, "label": t} for i, t in zip(ids, truth, strict=True)]
                 )
@@ -254,6 +331,10 @@ class Demo:
                     raise DemoError(f"/feedback answered {feedback.status_code}: {feedback.text[:300]}")
                 self.traffic.sent += 10
                 self.traffic.labelled += 10
+                if skew:
+                    correct = sum(str(p) == t for p, t in zip(answer["prediction"], truth, strict=True))
+                    self.live.add(str(answer["model_version"]), correct, len(truth))
+                    self.traffic.shifted += 10
 
     def timeline(self, until: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         """Print the operator's view of monitoring as it changes, until ``until`` holds."""
@@ -303,7 +384,9 @@ class Demo:
         return f"no drift (share {monitoring['driftShare']}), accuracy {monitoring['accuracy']}"
 
     def skewed(self) -> str:
+        before = self.live.snapshot()
         self.send(90, skew=True)
+        self.live_before = LiveAccuracy.since(self.live.snapshot(), before)
 
         def degraded(isvc: dict[str, Any]) -> bool:
             conditions = isvc["status"].get("conditions")
@@ -315,7 +398,13 @@ class Demo:
         drift = get_condition(isvc["status"]["conditions"], "DriftDetected") or {}
         bad = get_condition(isvc["status"]["conditions"], "Degraded") or {}
         self._note_monitoring(isvc["status"].get("monitoring") or {})
-        self.report.note(driftDetected=drift.get("message"), degraded=bad.get("reason"))
+        self.report.note(
+            driftDetected=drift.get("message"), degraded=bad.get("reason"), liveAccuracy=self.live_before
+        )
+        served = ", ".join(
+            f"version {v} {a['accuracy']} ({a['labelled']} labelled)" for v, a in self.live_before.items()
+        )
+        self.say(f"  live accuracy on the shifted traffic: {served}")
         return f"{drift.get('message')}; {bad.get('message')}"
 
     def _note_monitoring(self, monitoring: dict[str, Any]) -> None:
@@ -338,6 +427,7 @@ class Demo:
                 else None
             )
 
+        assert self.kube is not None
         requested = self.wait(
             "the operator to request a retrain",
             lambda: (self.get("InferenceService", "iris").get("status", {}).get("retraining") or {}).get(
@@ -345,18 +435,58 @@ class Demo:
             ),
         )
         self.say(f"  retrain requested: {requested}")
+        # The request waits on the suspended TrainingJob until the servers have written every
+        # label the demo sent (the operator sums their capture counters in status).
+        capture = self.wait(
+            f"the servers to capture the {self.traffic.labelled} labels sent",
+            lambda: (lambda c: c if c.get("labels", 0) >= self.traffic.labelled else None)(
+                (self.get("InferenceService", "iris").get("status", {}).get("monitoring") or {}).get(
+                    "capture"
+                )
+                or {}
+            ),
+        )
+        if capture.get("state") != "Ok" or capture.get("dropped"):
+            raise DemoError(f"capture is not healthy: {capture}")
+        self.say(
+            f"  the servers captured {capture['predictions']} predictions and {capture['labels']} labels "
+            f"to {self.capture_uri}: resuming iris-train"
+        )
+        self.kube.patch("TrainingJob", NAMESPACE, "iris-train", {"spec": {"suspend": False}})
         tj = self.wait("the retraining run to register a new version", retrained, timeout=self.timeout * 2)
         name = tj["status"]["latestModelVersion"]
         version = tj["status"]["lastRun"]["modelVersion"]
-        self.wait_condition("ModelVersion", name, "Validated", "True")
+        mv = self.wait_condition("ModelVersion", name, "Validated", "True")
+        sources = {s["name"]: s for s in mv["spec"]["lineage"]["dataset"].get("sources") or []}
+        production = sources.get("production") or {}
+        # Every label sent must have reached the run: the new rule is learnt from the shifted ones.
+        if production.get("rows", 0) < self.traffic.labelled:
+            raise DemoError(
+                f"{name} was trained on {production.get('rows', 0)} production rows; the demo sent "
+                f"{self.traffic.labelled} labelled rows, {self.traffic.shifted} of them shifted "
+                f"(lineage: {list(sources.values())})"
+            )
         self.retrained = version
-        self.report.note(reason=requested, run=tj["status"]["lastRun"]["name"], modelVersion=version)
-        return f"run {tj['status']['lastRun']['name']} ({requested}) -> {name} Validated against production (version 1)"
+        self.report.note(
+            reason=requested,
+            run=tj["status"]["lastRun"]["name"],
+            modelVersion=version,
+            trigger=tj["status"]["lastRun"].get("trigger"),
+            sources={k: v.get("rows") for k, v in sources.items()},
+            production=production,
+        )
+        dataset = sources.get("dataset") or {}
+        return (
+            f"run {tj['status']['lastRun']['name']} ({requested}) trained on {dataset.get('rows')} rows of "
+            f"{dataset.get('uri', 'the dataset')} + {production['rows']} labelled production rows (predicted "
+            f"{production.get('firstRequestTime')} .. {production.get('lastRequestTime')}) -> {name} "
+            "Validated against production (version 1)"
+        )
 
     # --- rollouts ---------------------------------------------------------------------------
 
     def start_background_traffic(self) -> None:
-        """Normal traffic with its ground truth, flowing until the demo stops it."""
+        """The shifted traffic with its ground truth, flowing until the demo stops it."""
         if self.sender is not None:
             return
         stop = threading.Event()
@@ -368,7 +498,7 @@ class Demo:
             failures = 0
             while not stop.is_set():
                 try:
-                    self.send(5, skew=False)
+                    self.send(5, skew=True)
                     failures = 0
                 except (httpx.TransportError, DemoError) as exc:
                     failures += 1
@@ -435,8 +565,13 @@ class Demo:
 
     def canary(self) -> str:
         version = self.retrained
+        old = str(
+            (self.get("InferenceService", "iris").get("status", {}).get("stable") or {}).get("modelVersion")
+        )
+        before = self.live.snapshot()
         self.start_background_traffic()
         isvc = self.watch_rollout(version, f"the canary of version {version} to end")
+        live = LiveAccuracy.since(self.live.snapshot(), before)
         status = isvc["status"]
         rollout = status.get("rollout") or {}
         steps = [
@@ -447,7 +582,24 @@ class Demo:
                 f"version {version} was not promoted: {rollout.get('phase')}: {rollout.get('message')}"
             )
         weights = [m.split(" receives ")[1].split("%")[0] for m in steps]
-        self.report.note(modelVersion=version, stepWeights=[int(w) for w in weights], promoted=True)
+        # The operator's own evidence: the last accuracy comparison of its analysis.
+        evidence = next(
+            (
+                a.get("message", "")
+                for a in rollout.get("lastAnalysis") or []
+                if a.get("metric") == "accuracy" and str(a.get("bound", "")).startswith("maxDropVsStable")
+            ),
+            "",
+        )
+        self.report.note(
+            modelVersion=version,
+            stepWeights=[int(w) for w in weights],
+            promoted=True,
+            liveAccuracy=live,
+            liveMargin=LIVE_MARGIN,
+            analysis=evidence,
+        )
+        self.recovered(old, version, live, evidence)
         if weights != [str(w) for w in DEMO_ROLLOUT["analysis"]["stepWeights"]]:
             raise DemoError(
                 f"expected the canary steps {DEMO_ROLLOUT['analysis']['stepWeights']}, saw {weights}"
@@ -462,6 +614,40 @@ class Demo:
             ),
         )
         return f"version {version} went {' -> '.join(w + '%' for w in weights)} -> promoted: {rollout.get('message')}"
+
+    def recovered(self, old: str, new: str, live: dict[str, dict[str, Any]], evidence: str) -> None:
+        """Print the live accuracy of both versions on the same shifted traffic; fail unless the
+        retrained one is better by :data:`LIVE_MARGIN`."""
+        for version in (old, new):
+            seen = (live.get(version) or {}).get("labelled", 0)
+            if seen < LIVE_MIN_SAMPLES:
+                raise DemoError(
+                    f"version {version} answered {seen} labelled rows of the shifted traffic during the canary; "
+                    f"need {LIVE_MIN_SAMPLES} to compare ({live})"
+                )
+        before, after = live[old]["accuracy"], live[new]["accuracy"]
+        gain = round((after - before) * 100, 1)
+        first = self.live_before.get(old)
+        self.say(
+            "  live accuracy on the shifted traffic: "
+            + (f"before the retrain version {old} {first['accuracy']}; " if first else "")
+            + f"during the canary, on the same requests, version {old} {before} ({live[old]['labelled']} "
+            f"labelled) vs version {new} {after} ({live[new]['labelled']} labelled): {gain:+} points "
+            f"(the demo requires +{LIVE_MARGIN * 100:.0f})"
+        )
+        if evidence:
+            self.say(f"  the operator's analysis: {evidence}")
+        self.report.live_accuracy(
+            before={"version": old, **(first or live[old])},
+            after={"version": new, **live[new]},
+            oldDuringCanary={"version": old, **live[old]},
+            margin=LIVE_MARGIN,
+        )
+        if after - before < LIVE_MARGIN:
+            raise DemoError(
+                f"version {new}, retrained on the captured labels, is not better than version {old} on the "
+                f"shifted traffic by {LIVE_MARGIN * 100:.0f} points: {after} vs {before}"
+            )
 
     def bad_candidate(self) -> str:
         """A version that passes its offline gates but does worse on live traffic is rolled back."""
@@ -595,11 +781,20 @@ def run(args: argparse.Namespace) -> int:
         ("serve", "serve: InferenceService iris on 2 replicas", demo.serve),
         ("predict", "predict: /predict and Open Inference Protocol v2", demo.predict),
         ("steady", "steady traffic with correct labels", demo.steady),
-        ("skewed", "skewed traffic with wrong labels: drift and accuracy move", demo.skewed),
-        ("retrain", "the loop closes: retrain and validate a new version", demo.retrain),
+        (
+            "skewed",
+            "shifted traffic (a new instrument), labelled with the real species: drift and accuracy move",
+            demo.skewed,
+        ),
+        (
+            "retrain",
+            "the loop closes: retrain on the captured labels and validate a new version",
+            demo.retrain,
+        ),
         (
             "canary",
-            "the new version rolls out as a canary, step by step, judged on live traffic",
+            "the new version rolls out as a canary on the shifted traffic, judged on live labels, "
+            "and beats the old one",
             demo.canary,
         ),
         (

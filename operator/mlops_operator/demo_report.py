@@ -4,8 +4,9 @@
 (start, end, outcome, its numbers), samples of the InferenceService's status as the demo polls
 it (the versions served and their traffic weights, accuracy, drift share, rollout phase), and
 the events of the loop (retrain requested, version validated, canary steps, promotion,
-rollback), taken from the cluster's own Events and conditions. Times are seconds since the demo
-started. :func:`draw_report` turns the timeline into the picture with matplotlib (Agg: no
+rollback), taken from the cluster's own Events and conditions; and the live accuracy of the old
+and the retrained version on the same shifted traffic (``liveAccuracy``). Times are seconds since
+the demo started. :func:`draw_report` turns the timeline into the picture with matplotlib (Agg: no
 display needed).
 """
 
@@ -67,6 +68,8 @@ class DemoRecorder:
     stages: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: The old and the retrained version's accuracy on the shifted traffic (see ``live_accuracy``).
+    live: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def now(self) -> float:
@@ -91,6 +94,13 @@ class DemoRecorder:
         with self._lock:
             if self.stages:
                 self.stages[-1].update(end=self.now(), outcome=outcome, detail=detail)
+
+    def live_accuracy(self, **comparison: Any) -> None:
+        """The loop's outcome: ``before`` (the old version on the shifted traffic), ``after`` (the
+        retrained one on the same traffic), each ``{version, accuracy, labelled, correct}``, and
+        the ``margin`` the demo requires."""
+        with self._lock:
+            self.live.update(comparison)
 
     # --- samples and events -------------------------------------------------------------------
 
@@ -169,6 +179,7 @@ class DemoRecorder:
                 "stages": [dict(stage) for stage in self.stages],
                 "samples": list(self.samples),
                 "events": sorted(self.events, key=lambda e: e["t"]),
+                "liveAccuracy": dict(self.live),
             }
 
     def write(self, directory: Path, outcome: str) -> Path:
@@ -232,6 +243,19 @@ def draw_report(timeline: dict[str, Any], path: Path) -> None:
         )
     if drift:
         quality.step(*zip(*drift, strict=True), where="post", color="tab:brown", label="drift share")
+    live = timeline.get("liveAccuracy") or {}
+    if live.get("before") and live.get("after"):
+        before, after = live["before"], live["after"]
+        quality.text(
+            0.99,
+            0.04,
+            f"live accuracy on the shifted traffic: version {before['version']} {before['accuracy']:.2f} "
+            f"-> version {after['version']} {after['accuracy']:.2f} (retrained on captured labels)",
+            transform=quality.transAxes,
+            ha="right",
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "tab:gray"},
+        )
     quality.set_ylim(-0.05, 1.08)
     quality.set_ylabel("accuracy, drift share")
     quality.grid(alpha=0.3)
