@@ -8,6 +8,8 @@ their ground truth through the Service, and watches what the operator does.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -315,27 +317,45 @@ mlflow.models.set_model(IrisRule())
 """
 
 
+# Logs a rule model (the file in argv[1]) and prints the version it registered. It runs in its
+# own process: MLflow's fluent API keeps the tracking URI and active experiment in globals,
+# which would leak into the tests that run after this module.
+REGISTER_SCRIPT = """
+import sys
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from sklearn.datasets import load_iris
+
+frame = pd.DataFrame(load_iris().data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+mlflow.set_experiment("rule-models")
+with mlflow.start_run(run_name=sys.argv[2]):
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=sys.argv[1],
+        signature=infer_signature(frame, ["setosa"] * len(frame)),
+        pip_requirements=["mlflow", "numpy", "pandas"],  # no inference: it would load the model
+        registered_model_name="iris-classifier",
+    )
+print(info.registered_model_version)
+"""
+
+
 def _register_rule_model(sandbox: Sandbox, kind: str, tmp: Path) -> str:
     """Log a rule model to the sandbox's MLflow as a new version of iris-classifier; its version."""
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    mlflow.set_tracking_uri(manager.read_state(sandbox.directory)["mlflow_uri"])
     code = tmp / f"{kind}_model.py"
     code.write_text(RULE_MODEL.format(kind=kind))
-    iris = load_iris()
-    frame = pd.DataFrame(iris.data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
-    mlflow.set_experiment("rule-models")
-    with mlflow.start_run(run_name=kind):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(code),
-            signature=infer_signature(frame, ["setosa"] * len(frame)),
-            pip_requirements=["mlflow", "numpy", "pandas"],  # no inference: it would load the model
-            registered_model_name="iris-classifier",
-        )
-    return str(info.registered_model_version)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": manager.read_state(sandbox.directory)["mlflow_uri"]}
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTER_SCRIPT, str(code), kind],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
 
 
 def _serving(api: Api, name: str, manifest: dict[str, Any]) -> Traffic:
