@@ -44,6 +44,9 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BIN)/python -m benchmarks.serving_bench --output BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.scale_bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.drift_bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.capture_bench --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -34,6 +34,7 @@ import pyarrow
 from prometheus_client import CollectorRegistry
 
 from benchmarks.drift_bench import _profile
+from benchmarks.markdown_sections import replace_section
 from mlops_operator.monitoring.online import MonitorConfig, OnlineMonitor
 from mlops_operator.serving.capture import CaptureConfig, CaptureWriter
 from mlops_operator.serving.served_model import FloatArray
@@ -170,14 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_section_at(path: Path, section: str) -> None:
     """Replace the ``## Capture cost`` section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else ""
-    if MARKER in text:
-        before, _, rest = text.partition(MARKER)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, MARKER, section)
 
 
 if __name__ == "__main__":

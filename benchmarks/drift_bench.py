@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from benchmarks.markdown_sections import replace_section
 from mlops_operator.monitoring.drift import BinLayout, DriftMethod, DriftWindow, evaluate_drift
 from mlops_operator.monitoring.online import MonitorConfig, OnlineMonitor
 from mlops_operator.monitoring.reference_profile import FeatureProfile, ReferenceProfile
@@ -128,14 +129,7 @@ def render(rows: list[dict[str, object]]) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Drift accounting`` section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else ""
-    if MARKER in text:
-        before, _, rest = text.partition(MARKER)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, MARKER, section)
 
 
 def main(argv: list[str] | None = None) -> int:

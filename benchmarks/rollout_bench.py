@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.markdown_sections import replace_section
 from mlops_operator.rollout.significance import simulate_false_rollbacks
 
 MARKER = "## Rollouts"
@@ -158,14 +159,7 @@ def render(times: list[float], rows: list[dict[str, Any]]) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Rollouts`` section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else ""
-    if MARKER in text:
-        before, _, rest = text.partition(MARKER)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, MARKER, section)
 
 
 def main(argv: list[str] | None = None) -> int:

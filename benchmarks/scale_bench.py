@@ -51,6 +51,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.markdown_sections import replace_section
+
 MARKER = "## Scale"
 ROOT = Path(__file__).resolve().parent.parent
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
@@ -481,14 +483,7 @@ def render(ours: Result, floor: Result, singles: int) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Scale`` section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else ""
-    if MARKER + "\n" in text:
-        before, _, rest = text.partition(MARKER + "\n")
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, MARKER, section)
 
 
 def main(argv: list[str] | None = None) -> int:
