@@ -13,12 +13,20 @@ When the operator runs, reads of the kinds it owns or watches are served from an
 :class:`ObjectCache` (kopf indexes fed by watch streams, plus the answers to the operator's
 own writes), so a reconciliation of a converged object asks the API server nothing: no GET,
 no list, and no DELETE of an object the cache does not hold.
+
+Transient answers are retried in place, a few times, before kopf retries the whole handler
+(see :meth:`Kube._call`): 429 after the server's ``Retry-After`` (bounded), 5xx and lost
+connections after a short backoff, and a merge patch that met 409 Conflict at once. A create
+whose answer was lost (5xx after the object was stored) and whose retry meets 409
+AlreadyExists adopts the object when it is ours, so a child is never made twice.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -69,31 +77,103 @@ JSON_PATCH = "application/json-patch+json"
 
 #: Seconds kopf waits before retrying after a transient API failure.
 RETRY_DELAY = 5.0
+#: Seconds between the in-place attempts of one call after a 5xx or a lost connection (so at
+#: most four attempts); then the call fails with a TemporaryError and kopf retries the handler.
+RETRY_BACKOFFS = (0.2, 0.5, 1.0)
+#: The longest ``Retry-After`` of a 429 (or 5xx) waited for in place: a longer one is handed
+#: to kopf as the handler's retry delay, so a worker thread is never parked for long.
+MAX_RETRY_AFTER = 10.0
+#: Answers worth the same request again: the server did not (429) or may not (5xx) have done it.
+_TRANSIENT = (429, 500, 502, 503, 504)
+
+logger = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
     """The object does not exist (a domain error: callers decide whether that is fine)."""
 
 
-class AlreadyExists(kopf.TemporaryError):
+class ApiTemporaryError(kopf.TemporaryError):
+    """A call failed for now (429, 5xx, 409, the server unreachable); kopf retries the handler.
+
+    ``after_lost_answer``: an attempt of this call (a create) was answered 5xx or lost its
+    connection, so the server may have stored the object all the same.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        delay: float = RETRY_DELAY,
+        *,
+        after_lost_answer: bool = False,
+        call: str = "",
+        status: int = 0,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message, delay=delay)
+        self.after_lost_answer = after_lost_answer
+        #: What failed, for people: the call ("create Job default/x"), HTTP status and reason.
+        self.call, self.status, self.reason = call, status, reason
+
+
+class AlreadyExists(ApiTemporaryError):
     """A create found an object of that name (409 AlreadyExists; retried like any conflict)."""
 
 
-def _api_error(exc: ApiException, what: str) -> Exception:
-    """Map an API error to kopf's Temporary/Permanent errors, keeping the server's message."""
+def _status_of(exc: ApiException) -> dict[str, Any]:
+    """The ``Status`` body of an error answer ({} when it has none)."""
     try:
         parsed = json.loads(exc.body or "{}")
-        message, reason = parsed.get("message") or exc.reason, parsed.get("reason")
-    except (ValueError, AttributeError):
-        message, reason = exc.reason, None
+    except (ValueError, TypeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The wait a 429/5xx asks for: ``Retry-After`` seconds, else ``details.retryAfterSeconds``."""
+    header = (exc.headers or {}).get("Retry-After")
+    try:
+        if header is not None:
+            return max(0.0, float(header))
+        seconds = (_status_of(exc).get("details") or {}).get("retryAfterSeconds")
+        return max(0.0, float(seconds)) if seconds is not None else None
+    except (TypeError, ValueError):  # an HTTP date, or garbage: the default backoff then
+        return None
+
+
+def _api_error(exc: ApiException, what: str, *, after_lost_answer: bool = False) -> Exception:
+    """Map an API error to kopf's Temporary/Permanent errors, keeping the server's message."""
+    parsed = _status_of(exc)
+    message, reason = parsed.get("message") or exc.reason, parsed.get("reason")
     status = exc.status or 0
     if status == 404:
         return NotFound(f"{what}: {message}")
-    if status == 409 and reason == "AlreadyExists":
-        return AlreadyExists(f"{what}: HTTP 409: {message}", delay=RETRY_DELAY)
+    # As kubectl tells it ("Error from server (Conflict): ..."), after the call and the status.
+    text = f"{what}: HTTP {status}: {message}" + (f" ({reason})" if reason else "")
+    cls = AlreadyExists if status == 409 and reason == "AlreadyExists" else ApiTemporaryError
     if status in (409, 429) or status >= 500 or status == 0:
-        return kopf.TemporaryError(f"{what}: HTTP {status}: {message}", delay=RETRY_DELAY)
-    return kopf.PermanentError(f"{what}: HTTP {status}: {message}")
+        wait = _retry_after(exc) if status in _TRANSIENT else None
+        return cls(
+            text,
+            delay=max(RETRY_DELAY, wait or 0),
+            after_lost_answer=after_lost_answer,
+            call=what,
+            status=status,
+            reason=reason or "",
+        )
+    return kopf.PermanentError(text)
+
+
+def _refused_tls(exc: Exception) -> bool:
+    """A TLS handshake that failed (an unknown CA, a wrong certificate): retrying cannot help."""
+    reason = getattr(exc, "reason", exc)
+    return isinstance(reason, ssl.SSLError | urllib3.exceptions.SSLError)
+
+
+def _controller_of(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference with ``controller: true`` of an object, if any."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if isinstance(ref, dict) and ref.get("controller")), None)
 
 
 def _path(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
@@ -328,6 +408,18 @@ class ObjectCache:
             self._remember_written((kind, namespace, name), rv, None)
 
 
+#: urllib3's own retries, minus its obedience to ``Retry-After``: urllib3 would sleep in place for
+#: as long as a 429/503 asks (unbounded) on GET, PUT and DELETE; :meth:`Kube._call` does that,
+#: bounded by :data:`MAX_RETRY_AFTER`. Connection errors are still retried by urllib3.
+_URLLIB3_RETRIES = urllib3.Retry(3, respect_retry_after_header=False)
+
+
+def _api_client(credentials: Credentials) -> kubernetes.client.ApiClient:
+    configuration = credentials.configuration
+    configuration.retries = _URLLIB3_RETRIES
+    return kubernetes.client.ApiClient(configuration)
+
+
 class Kube:
     """A synchronous, dict-based client that authenticates every call as kubectl would.
 
@@ -341,7 +433,7 @@ class Kube:
         self._load = credentials
         self._lock = threading.Lock()
         self._credentials = credentials()
-        self.api_client = kubernetes.client.ApiClient(self._credentials.configuration)
+        self.api_client = _api_client(self._credentials)
         #: Set by the running operator (``controllers/handlers.py``); None: every read asks.
         self.cache: ObjectCache | None = None
 
@@ -358,7 +450,7 @@ class Kube:
         with self._lock:
             if self._credentials is stale:  # another thread may have reloaded already
                 self._credentials = self._load()
-                self.api_client = kubernetes.client.ApiClient(self._credentials.configuration)
+                self.api_client = _api_client(self._credentials)
 
     def _send(
         self, method: str, path: str, body: Any, query: Mapping[str, str] | None, content_type: str
@@ -384,6 +476,19 @@ class Kube:
         )
         return credentials, response
 
+    def _send_authenticated(
+        self, method: str, path: str, body: Any, query: Mapping[str, str] | None, content_type: str
+    ) -> Any:
+        try:
+            _, response = self._send(method, path, body, query, content_type)
+        except ApiException as exc:
+            if exc.status != 401:
+                raise
+            # The credential may have been rotated or expired: load it again, retry once.
+            self._reload(self._credentials)
+            _, response = self._send(method, path, body, query, content_type)
+        return response
+
     def _call(
         self,
         method: str,
@@ -394,22 +499,58 @@ class Kube:
         content_type: str = "application/json",
         what: str,
     ) -> dict[str, Any]:
-        try:
+        """One API call, retried in place while the answer is transient (see the module docstring).
+
+        - 429 TooManyRequests (API Priority and Fairness): the request was not served; any verb
+          is sent again after the server's ``Retry-After`` (at most :data:`MAX_RETRY_AFTER`).
+        - 500/502/503/504 and lost connections: after :data:`RETRY_BACKOFFS` (or a shorter
+          ``Retry-After``). A POST may have been stored before the answer was lost: if its retry
+          meets 409 AlreadyExists, the error says so (``after_lost_answer``) and
+          :meth:`apply` adopts the object when it is ours.
+        - 409 Conflict on a merge patch: sent again at once. It carries no resourceVersion
+          precondition, so applying it to the latest version is what the server itself does.
+
+        When the attempts run out, the error is a :class:`kopf.TemporaryError` naming the call,
+        the HTTP status and reason and the server's message: kopf retries the handler after
+        its delay and logs (and posts as an Event of the object) that message.
+        """
+        lost_answer = False
+        attempts = len(RETRY_BACKOFFS) + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
             try:
-                _, response = self._send(method, path, body, query, content_type)
+                response = self._send_authenticated(method, path, body, query, content_type)
             except ApiException as exc:
-                if exc.status != 401:
-                    raise
-                # The credential may have been rotated or expired: load it again, retry once.
-                self._reload(self._credentials)
-                _, response = self._send(method, path, body, query, content_type)
-        except ApiException as exc:
-            raise _api_error(exc, what) from exc
-        except (OSError, urllib3.exceptions.HTTPError) as exc:  # the API server is not reachable
-            raise kopf.TemporaryError(f"{what}: API server unreachable: {exc}", delay=RETRY_DELAY) from exc
-        data = response.data
-        result: dict[str, Any] = json.loads(data) if data else {}
-        return result
+                status = exc.status or 0
+                reason = _status_of(exc).get("reason")
+                retry_after = _retry_after(exc)
+                if status in _TRANSIENT and not last and (retry_after or 0) <= MAX_RETRY_AFTER:
+                    wait = retry_after if retry_after is not None else RETRY_BACKOFFS[attempt]
+                    # A 429 was rejected before it was served; a 5xx may have been served.
+                    lost_answer = lost_answer or (method == "POST" and status != 429)
+                    logger.warning("%s: HTTP %s %s; retrying in %.1fs", what, status, reason or "", wait)
+                    time.sleep(wait)
+                    continue
+                if status == 409 and reason == "Conflict" and content_type == MERGE_PATCH and not last:
+                    logger.warning("%s: HTTP 409 Conflict; sending the merge patch again", what)
+                    continue
+                raise _api_error(exc, what, after_lost_answer=lost_answer) from exc
+            except (OSError, urllib3.exceptions.HTTPError) as exc:  # the API server is not reachable
+                if not last and not _refused_tls(exc):
+                    lost_answer = lost_answer or method == "POST"
+                    logger.warning("%s: API server unreachable (%s); retrying", what, exc)
+                    time.sleep(RETRY_BACKOFFS[attempt])
+                    continue
+                raise ApiTemporaryError(
+                    f"{what}: API server unreachable: {exc}",
+                    after_lost_answer=method == "POST",
+                    call=what,
+                    reason="Unreachable",
+                ) from exc
+            data = response.data
+            result: dict[str, Any] = json.loads(data) if data else {}
+            return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _cached(self, kind: str) -> ObjectCache | None:
         cache = self.cache
@@ -531,21 +672,46 @@ class Kube:
         Only the fields the operator owns are compared and patched (labels, annotations,
         ownerReferences, spec, and the top-level data fields of ConfigMaps/Services), so fields
         other controllers set (an HPA's replica count, a Service's clusterIP) are left alone.
+
+        An object of that name that another owner controls (``ownerReferences`` with
+        ``controller: true`` and another uid) is not taken over: a TemporaryError names its
+        controller. A create whose answer was lost and whose retry found the object counts
+        as a change (the object is ours, and it was just made).
         """
         kind, meta = desired["kind"], desired["metadata"]
         live = self.get(kind, meta.get("namespace"), meta["name"])
+        created = False
         if live is None:
             try:
                 return self.create(desired), True
-            except kopf.TemporaryError:
-                # 409: it exists (made by someone else, or not ours and so not cached).
+            except kopf.TemporaryError as exc:
+                # 409: it exists (made by someone else, not cached yet, or stored by an attempt
+                # of this very create whose answer was lost).
                 live = self.read(kind, meta.get("namespace"), meta["name"])
                 if live is None:
                     raise
+                self._remember(kind, meta.get("namespace"), meta["name"], live)
+                created = isinstance(exc, ApiTemporaryError) and exc.after_lost_answer
+        self._check_controller(live, desired)
         patch = desired_patch(live, desired)
         if not patch:
-            return live, False
+            return live, created
         return self.patch(kind, meta.get("namespace"), meta["name"], patch), True
+
+    @staticmethod
+    def _check_controller(live: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+        """Refuse to adopt an object another owner controls (as controller-runtime refuses)."""
+        mine, theirs = _controller_of(desired), _controller_of(live)
+        if mine is None or theirs is None or theirs.get("uid") == mine.get("uid"):
+            return
+        meta = desired["metadata"]
+        raise kopf.TemporaryError(
+            f"{desired['kind']} {meta.get('namespace')}/{meta['name']} exists and is controlled by "
+            f"{theirs.get('kind')} {theirs.get('name')} (uid {theirs.get('uid')}), not by "
+            f"{mine.get('kind')} {mine.get('name')} (uid {mine.get('uid')}): waiting for it to be "
+            "deleted (delete it, or rename this resource)",
+            delay=RETRY_DELAY,
+        )
 
 
 def _differs(live: Any, desired: Any) -> bool:

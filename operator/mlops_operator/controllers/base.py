@@ -29,7 +29,7 @@ from mlops_operator.controllers.conditions import set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
 from mlops_operator.controllers.object_events import occurrence_of, post_events
 from mlops_operator.controllers.operator_metrics import reconcile_metrics
-from mlops_operator.kube_client import Kube
+from mlops_operator.kube_client import ApiTemporaryError, Kube
 
 if TYPE_CHECKING:
     from mlops_operator.registry.mlflow_registry import Registry
@@ -174,17 +174,36 @@ def _reconcile_locked(
     )
     try:
         new_status = reconciler(ctx)
+        if generation is not None:
+            new_status["observedGeneration"] = generation
+        _write(kube, kind, fresh, old_status, new_status, events, logger)
     except InvalidSpecError as exc:
         # A problem only the controller can see (an invalid cron expression, say).
         _write(
             kube, kind, fresh, old_status, _invalid_status(old_status, str(exc), generation), events, logger
         )
         raise
-    if generation is not None:
-        new_status["observedGeneration"] = generation
-    _write(kube, kind, fresh, old_status, new_status, events, logger)
+    except ApiTemporaryError as exc:
+        # The API server failed a call after the client's retries: kopf retries the handler;
+        # people see which call failed, and why, on the object (kopf posts no Event for it).
+        _tell_api_failure(kube, fresh, old_status, exc, logger)
+        raise
     for action in ctx.after_status:
         action()
+
+
+def _tell_api_failure(
+    kube: Kube,
+    body: Mapping[str, Any],
+    old_status: dict[str, Any],
+    exc: ApiTemporaryError,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> None:
+    """A Warning Event ``Failed<Verb>`` (FailedCreate, FailedPatch, ... as the Job and ReplicaSet
+    controllers name theirs) with the call, HTTP status, reason and the server's message; posted
+    once per status it failed from and message (best effort: the API server may be down)."""
+    verb = exc.call.split(" ", 1)[0].capitalize() if exc.call else "Call"
+    post_events(kube, body, [("Warning", f"Failed{verb}", str(exc))], occurrence_of(old_status), logger)
 
 
 def _invalid_status(old: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:

@@ -12,7 +12,9 @@
 - :mod:`.kind_strategies`: what Namespaces and CRDs do differently from the generic path;
 - :mod:`.garbage_collector`: deletion with finalizers, ownerReferences and propagation;
 - :mod:`.watch_streams`: resumable, filtered watches, fed by the store's events;
-- :mod:`.request_router` and :mod:`.discovery_routes`: from a request to its answer.
+- :mod:`.request_router` and :mod:`.discovery_routes`: from a request to its answer;
+- :mod:`.faults`: faults a test injects (409, 5xx, 429 with Retry-After, slow answers, cut
+  and expired watches), answered as kube-apiserver answers them (``emulator.faults``).
 
 Every request is authenticated, impersonation applied, authorized and audited
 (:mod:`.authentication`, :mod:`.certificates`) before anything else sees it.
@@ -20,6 +22,7 @@ Every request is authenticated, impersonation applied, authorized and audited
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from .catalog import ResourceType, load_builtins
 from .certificates import identity_of
 from .discovery_routes import serve_discovery
 from .errors import ApiError
+from .faults import FaultInjector, RequestInfo, conflict_error, server_error, too_many_requests
 from .kind_strategies import CRD_RESOURCE, SYSTEM_NAMESPACES
 from .kmock_adapter import KmockHandler
 from .object_store import JsonDict, ObjectStore
@@ -79,6 +83,9 @@ class ApiEmulator(KmockHandler):
         self._types = TypeRegistry(load_builtins())
         self._writer = ObjectWriter(self._store, self._types)
         self._watches = WatchServer(self._store)
+        #: Faults tests inject (see :mod:`.faults`); no rule, no fault.
+        self.faults = FaultInjector(cut_watches=self._watches.cut)
+        self._watches.faults = self.faults
         self._router = ResourceRouter(self._store, self._types, self._writer, self._watches)
         for namespace in SYSTEM_NAMESPACES:
             self.create_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -194,11 +201,18 @@ class ApiEmulator(KmockHandler):
     ) -> aiohttp.web.StreamResponse:
         body = await raw_request.read()
         request = self.record_request(raw_request, parsed, query, body)
+        info = RequestInfo.of(raw_request.method, parsed, query, raw_request.headers.get("User-Agent", ""))
         try:
+            injected = await self._inject(info)
+            if injected is not None:
+                return injected
             reaction = await self.react(request)  # reactions added through kmock's DSL win
             if reaction is not None:
                 return reaction
-            return await self._route(raw_request, body)
+            response = await self._route(raw_request, body)
+            if response.status < 400 and (lost := self.faults.pick(info, ("stored_then_error",))):
+                raise server_error(lost.code, info)  # served (stored), but the answer is lost
+            return response
         except ApiError as exc:
             return json_response(exc.status(), exc.code)
         except Exception as exc:
@@ -206,6 +220,20 @@ class ApiEmulator(KmockHandler):
                 "the emulated API server failed on %s %s", raw_request.method, raw_request.path_qs
             )
             return json_response(ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}").status(), 500)
+
+    async def _inject(self, info: RequestInfo) -> aiohttp.web.StreamResponse | None:
+        """A fault's answer instead of serving the request (after a slow rule's delay), or None."""
+        slow = self.faults.pick(info, ("slow",))
+        if slow is not None:
+            await asyncio.sleep(slow.delay)
+        rule = self.faults.pick(info, ("too_many_requests", "internal_error", "conflict"))
+        if rule is None:
+            return None
+        if rule.fault == "too_many_requests":
+            error, headers = too_many_requests(rule.retry_after)
+            return json_response(error.status(), error.code, headers)
+        error = server_error(rule.code, info) if rule.fault == "internal_error" else conflict_error(info)
+        return json_response(error.status(), error.code)
 
     async def _route(self, raw: aiohttp.web.BaseRequest, body: bytes) -> aiohttp.web.StreamResponse:
         path = raw.path.rstrip("/") or "/"
