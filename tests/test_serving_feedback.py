@@ -66,6 +66,11 @@ def peer() -> Iterator[Peer]:
     running.server.shutdown()
 
 
+def same_port(address: str) -> str:
+    """Another replica's address on ``address``'s port: replicas of one version share their port."""
+    return f"127.0.0.99:{address.rpartition(':')[2]}"
+
+
 def app_at(model: LoggedModel, address: str) -> ServingApp:
     """A loaded app as ``serve --advertise-address`` builds it."""
     settings = ServeSettings(model_uri=model.uri, advertise_address=address, freeze_gc=False)
@@ -76,11 +81,11 @@ def app_at(model: LoggedModel, address: str) -> ServingApp:
 
 
 async def test_feedback_for_another_replica_is_forwarded_once(iris_model: LoggedModel, peer: Peer) -> None:
-    app = app_at(iris_model, "127.0.0.99:8080")
+    app = app_at(iris_model, same_port(peer.address))
     other_id = feedback.id_prefix(peer.address, "0badf00d") + "7"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
         own_id = (await c.post("/predict", json={"features": [5.1, 3.5, 1.4, 0.2]})).json()["request_id"]
-        assert feedback.owner(own_id) == "127.0.0.99:8080"
+        assert feedback.owner(own_id) == same_port(peer.address)
         response = await c.post(
             "/feedback",
             json=[{"request_id": own_id, "label": "setosa"}, {"request_id": other_id, "label": "virginica"}],
@@ -92,7 +97,7 @@ async def test_feedback_for_another_replica_is_forwarded_once(iris_model: Logged
 
 
 async def test_forwarded_feedback_is_not_forwarded_again(iris_model: LoggedModel, peer: Peer) -> None:
-    app = app_at(iris_model, "127.0.0.99:8080")
+    app = app_at(iris_model, same_port(peer.address))
     other_id = feedback.id_prefix(peer.address, "0badf00d") + "7"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
         response = await c.post(
@@ -106,8 +111,33 @@ async def test_forwarded_feedback_is_not_forwarded_again(iris_model: LoggedModel
 async def test_feedback_for_a_replica_that_is_gone_counts_as_unknown(
     iris_model: LoggedModel, unused_tcp_port: int
 ) -> None:
-    app = app_at(iris_model, "127.0.0.99:8080")
+    app = app_at(iris_model, f"127.0.0.99:{unused_tcp_port}")
     gone = feedback.id_prefix(f"127.0.0.1:{unused_tcp_port}", "0badf00d") + "1"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
         response = await c.post("/feedback", json={"request_id": gone, "label": "setosa"})
     assert response.status_code == 404 and gone in response.json()["error"]
+
+
+async def test_forged_ids_cannot_point_forwarding_at_other_ports_or_many_hosts(
+    iris_model: LoggedModel, peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request id names the replica to forward to, and clients can forge ids: only peers on the
+    replica's own port are reached, and at most MAX_PEERS of them per request."""
+    port = int(peer.address.rpartition(":")[2])
+    app = app_at(iris_model, same_port(peer.address))
+    other_port = feedback.id_prefix(f"127.0.0.1:{port + 1 if port < 65535 else port - 1}", "0badf00d") + "1"
+    many = [feedback.id_prefix(f"127.0.1.{i}:{port}", "0badf00d") + "1" for i in range(1, 40)]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as c:
+        response = await c.post("/feedback", json={"request_id": other_port, "label": "setosa"})
+        assert response.status_code == 404 and other_port in response.json()["error"]
+        reached: list[str] = []
+
+        def counting_forward(address: str, items: Any, timeout: float = 2.0) -> tuple[int, list[str]]:
+            reached.append(address)
+            return 0, [rid for rid, _ in items]
+
+        monkeypatch.setattr(feedback, "forward", counting_forward)
+        response = await c.post("/feedback", json=[{"request_id": rid, "label": "setosa"} for rid in many])
+    assert response.status_code == 404 and response.json()["error"].startswith("unknown or expired all 39")
+    assert len(reached) == feedback.MAX_PEERS == len(set(reached))
+    assert peer.received == []

@@ -19,6 +19,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
@@ -64,6 +65,11 @@ class ServerConfig:
     """Limits and knobs of the ASGI core (the CLI fills it from flags / ``MLOPS_SERVE_*``)."""
 
     max_body_bytes: int = 1 << 20
+    # A request body not complete this long after the handler started reading it gets 408.
+    body_timeout_s: float = 30.0
+    # Enforced by the uvicorn host's protocol (see http_protocol.py), not by this app.
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
     max_rows: int = 1000
     max_inflight: int = 64
     # None: decide from the load-time calibration; 0 or 1: off; > 1: on with this size.
@@ -87,6 +93,11 @@ class ServerConfig:
 
 class ClientDisconnectedError(Exception):
     """The client went away before its body arrived."""
+
+
+#: Sent with answers given before the body was read to its end (413, 408): the rest of the
+#: body is not worth reading, so the host closes the connection instead of draining it.
+_CLOSE = [(b"connection", b"close")]
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,11 @@ class ServingApp:
         self._id_prefix = feedback.id_prefix(self.config.advertise_address, secrets.token_hex(4))
         self._ids = itertools.count(1)
         self._load_thread: threading.Thread | None = None
+        # Body reads in progress (task -> deadline) and those the sweeper cancelled.
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
         self._model_routes: dict[str, tuple[Route | None, tuple[str, ...]]] = {}
         self._routes: dict[str, Route] = {
             "/predict": ("/predict", {"POST": self._predict}),
@@ -367,18 +383,62 @@ class ServingApp:
         return await self._send(send, status, dumps({"error": message}), extra=extra)
 
     async def _read_body(self, receive: Receive, request: _Request) -> bytes:
-        """The whole body, refused with 413 as soon as it is known to exceed the limit."""
+        """The whole body: 413 as soon as it is known to exceed the limit, 408 if it is too slow."""
         limit = self.config.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
-            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes", _CLOSE)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - ASGI apps always run in a task
+            return await self._receive_body(receive, limit)
+        # A deadline per read, enforced by one shared timer (see _sweep): a timer or
+        # asyncio.timeout per request would cost microseconds on every request.
+        self._reading[task] = time.monotonic() + self.config.body_timeout_s
+        if self._sweep_handle is None or self._sweep_loop is not task.get_loop():
+            self._arm_sweep(task.get_loop())
+        try:
+            return await self._receive_body(receive, limit)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            timeout = self.config.body_timeout_s
+            raise RequestError(
+                408, f"request body not received within {timeout:g} s; send it at once", _CLOSE
+            ) from None
+        finally:
+            self._reading.pop(task, None)
+
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        interval = min(1.0, max(self.config.body_timeout_s / 4, 0.01))
+        self._sweep_loop = loop
+        self._sweep_handle = loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Cancel body reads past their deadline; re-arm while any read is in progress."""
+        self._sweep_handle = None
+        loop = self._sweep_loop
+        now = time.monotonic()
+        for task, deadline in list(self._reading.items()):
+            if task.get_loop() is not loop or task.done():
+                del self._reading[task]  # left behind by a closed event loop (tests)
+            elif deadline <= now:
+                del self._reading[task]
+                self._expired.add(task)
+                task.cancel()
+        if self._reading and loop is not None and not loop.is_closed():
+            self._arm_sweep(loop)
+
+    @staticmethod
+    async def _receive_body(receive: Receive, limit: int) -> bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnectedError
         body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise RequestError(413, f"body exceeds the limit of {limit} bytes", _CLOSE)
         if not message.get("more_body", False):
-            if len(body) > limit:
-                raise RequestError(413, f"body exceeds the limit of {limit} bytes")
             return body
         chunks = [body]
         size = len(body)
@@ -390,7 +450,7 @@ class ServingApp:
             size += len(chunk)
             if size > limit:
                 # Chunked upload without a Content-Length: stop reading at the limit.
-                raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+                raise RequestError(413, f"body exceeds the limit of {limit} bytes", _CLOSE)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -425,9 +485,12 @@ class ServingApp:
         request = _read_headers(scope)
         if not _json_ok(request.content_type):
             raise RequestError(415, f"content-type {request.content_type!r} is not application/json")
+        # Not in flight while the body arrives: a slow upload holds no model capacity (200 slow
+        # clients must not turn every other request into a 503). Admitted again once it is here.
+        body = await self._read_body(receive, request)
+        self._admit()
         self.inflight += 1
         try:
-            body = await self._read_body(receive, request)
             schema = self.schema
             assert schema is not None and self.runner is not None
             matrix, single = parse_predict(loads(body), schema)
@@ -468,9 +531,10 @@ class ServingApp:
         request = _read_headers(scope)
         if not _json_ok(request.content_type, binary_allowed=request.header_length is not None):
             raise RequestError(415, f"content-type {request.content_type!r} is not application/json")
+        body = await self._read_body(receive, request)  # not in flight meanwhile (see _predict)
+        model = self._admit()
         self.inflight += 1
         try:
-            body = await self._read_body(receive, request)
             header, binary = v2.split_binary(body, request.header_length)
             schema = self.schema
             assert schema is not None and self.runner is not None
@@ -514,15 +578,23 @@ class ServingApp:
             raise RequestError(415, f"content-type {request.content_type!r} is not application/json")
         body = await self._read_body(receive, request)
         items = parse_feedback(loads(body), self.config.max_rows)
+        if self.state != "ready":
+            raise RequestError(503, f"model is {self.state}; no predictions to label yet")
         if self.monitor is None or self.feed is None:
             raise RequestError(
                 404, "unknown request_id: monitoring is off on this server, so no ids are kept"
             )
+        if getattr(self.monitor, "task", None) == "regression":
+            _check_regression_labels(items)  # all or nothing: before any label is recorded
         self.feed.flush()  # ids still buffered must be known to the monitor first
         local, remote = self._route_feedback(scope, items)
         unknown = []
         for request_id, label in local:
-            if not self.monitor.feedback(request_id, label):
+            try:
+                known = self.monitor.feedback(request_id, label)
+            except ValueError as exc:  # a label the monitor cannot use: the client's error
+                raise RequestError(400, f"label for request_id {request_id!r}: {exc}") from None
+            if not known:
                 unknown.append(request_id)
                 continue
             if self.shadow is not None:
@@ -530,8 +602,10 @@ class ServingApp:
             if self.capture is not None:
                 self.capture.label(request_id, label)
         accepted = len(local) - len(unknown)
-        for address, routed in remote.items():
-            remote_accepted, remote_unknown = await asyncio.to_thread(feedback.forward, address, routed)
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(feedback.forward, address, routed) for address, routed in remote.items())
+        )
+        for remote_accepted, remote_unknown in answers:
             accepted += remote_accepted
             unknown += remote_unknown
         if accepted == 0:
@@ -543,7 +617,13 @@ class ServingApp:
     def _route_feedback(
         self, scope: Scope, items: list[tuple[str, Any]]
     ) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]]]:
-        """Split feedback into this replica's ids and, per peer address, the other replicas'."""
+        """Split feedback into this replica's ids and, per peer address, the other replicas'.
+
+        The address comes from the request id, which a client can forge: so only a peer on this
+        replica's own port is a peer (replicas of one version share the pod template's port),
+        and one request reaches at most :data:`~mlops_operator.serving.feedback.MAX_PEERS`
+        peers. Ids beyond that are looked up here, where they are unknown.
+        """
         me = self.config.advertise_address
         forwarded = any(key == feedback.FORWARDED_HEADER.encode() for key, _ in scope.get("headers", []))
         if me is None or forwarded:
@@ -552,7 +632,7 @@ class ServingApp:
         remote: dict[str, list[tuple[str, Any]]] = {}
         for item in items:
             address = feedback.owner(item[0])
-            if address is None or address == me:
+            if address is None or address == me or not feedback.may_forward(me, address, remote):
                 local.append(item)
             else:
                 remote.setdefault(address, []).append(item)
@@ -641,6 +721,20 @@ class ServingApp:
             },
         }
         return await self._send(send, 200, dumps(body))
+
+
+def _check_regression_labels(items: list[tuple[str, Any]]) -> None:
+    """A regression model's labels are numbers (a numeric string is accepted): 400 otherwise."""
+    for i, (_, label) in enumerate(items):
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            where = f"feedback[{i}]" if len(items) > 1 else "feedback"
+            raise RequestError(
+                400, f"{where}.label must be a finite number for this regression model, got {label!r:.40}"
+            )
 
 
 def _inline_limit() -> float:

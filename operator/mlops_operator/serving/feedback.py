@@ -17,7 +17,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORWARDED_HEADER = "x-mlops-forwarded"
@@ -44,6 +44,22 @@ def owner(request_id: str) -> str | None:
         return None
     host = ipaddress.IPv4Address(int(match.group(1), 16))
     return f"{host}:{int(match.group(2), 16)}"
+
+
+#: Peers one ``/feedback`` request may be forwarded to (a Service's replicas of one version).
+MAX_PEERS = 16
+
+
+def may_forward(me: str, address: str, peers: Mapping[str, Any]) -> bool:
+    """Whether feedback for ``address`` (decoded from a request id) may be forwarded there.
+
+    Request ids come from clients, so a forged one must not make the server post to any
+    host and port it names: only an address on this replica's own port qualifies, and a
+    request reaches at most :data:`MAX_PEERS` of them (``peers``: those it reaches so far).
+    """
+    if address.rpartition(":")[2] != me.rpartition(":")[2]:
+        return False
+    return address in peers or len(peers) < MAX_PEERS
 
 
 def forward(address: str, items: Sequence[tuple[str, Any]], timeout: float = 2.0) -> tuple[int, list[str]]:

@@ -67,10 +67,13 @@ def run_uvicorn(app: ServingApp, sock: socket.socket) -> int:
     """Serve ``app`` on the bound ``sock`` until SIGTERM/SIGINT; non-zero if loading failed."""
     import uvicorn
 
+    from mlops_operator.serving.http_protocol import guarded_protocol
+
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        # httptools plus a header deadline and a header size limit (slow or oversized headers).
+        http=guarded_protocol(app.config.header_timeout_s, app.config.max_header_bytes),
         lifespan="on",
         access_log=False,
         log_level="info",

@@ -46,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest an idle model waits for a batch to fill (default 0: start at once)",
     )
     add("--max-body-bytes", type=int, help="larger request bodies get 413 (default 1 MiB)")
+    add(
+        "--body-timeout-seconds",
+        type=float,
+        help="a request body not complete within this gets 408 and the connection closed (default 30)",
+    )
+    add(
+        "--header-timeout-seconds",
+        type=float,
+        help="uvicorn: request headers not complete within this get 408 and the connection closed "
+        "(default 10)",
+    )
+    add("--max-header-bytes", type=int, help="uvicorn: larger request headers get 431 (default 65536)")
     add("--max-rows", type=int, help="most rows per request (default 1000)")
     add("--max-inflight", type=int, help="inference requests in flight before 503 (default 64)")
     add(

@@ -49,6 +49,23 @@ class ServeSettings(BaseSettings):
         "cost and arrivals (an idle server answers at once). 0: the measured fixed cost of one call.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1, description="Larger bodies are refused with 413.")
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body not complete this long after its headers is refused with 408 "
+        "and the connection closed (slow or stalled clients cannot hold a request open).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="uvicorn runtime: request line and headers must arrive within this long of the "
+        "connection opening (or of the request's first byte on a kept-alive connection); else 408.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="uvicorn runtime: request headers larger than this are refused with 431.",
+    )
     max_rows: int = Field(default=1000, ge=1, description="Most rows in one request (413 above).")
     max_inflight: int = Field(default=64, ge=1, description="Inference requests in flight before 503.")
     drift_method: Literal["PSI", "KS", "ChiSquare"] = Field(
@@ -119,6 +136,9 @@ class ServeSettings(BaseSettings):
         """The ASGI core's limits."""
         return ServerConfig(
             max_body_bytes=self.max_body_bytes,
+            body_timeout_s=self.body_timeout_seconds,
+            header_timeout_s=self.header_timeout_seconds,
+            max_header_bytes=self.max_header_bytes,
             max_rows=self.max_rows,
             max_inflight=self.max_inflight,
             max_batch_size=self.max_batch_size,
