@@ -128,7 +128,19 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [
-        ("defaults", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}),
+        # Role + RoleBinding in the release namespace: the leader-election Lease.
+        (
+            "defaults",
+            {
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "Deployment",
+                "Service",
+            },
+        ),
         (
             "watch-namespaces",
             {
@@ -148,6 +160,8 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
                 "Deployment",
                 "Service",
                 "ServiceMonitor",
@@ -333,6 +347,7 @@ def test_watch_namespaces_reach_the_operator(monkeypatch: pytest.MonkeyPatch) ->
 def test_every_config_value_reaches_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     custom = {
         "mlflowTrackingUri": "https://mlflow.example.com",
+        "mlflowCredentialsSecret": "mlflow-credentials",
         "trainerImage": "registry.example.com/trainer:1.2.3",
         "serverImage": "registry.example.com/server:1.2.3",
         "imagePullPolicy": "Always",
@@ -344,6 +359,11 @@ def test_every_config_value_reaches_its_environment_variable(monkeypatch: pytest
         "eventLevel": "WARNING",
         "reconcileInterval": 12.5,
         "logFormat": "json",
+        "leaderElection": False,
+        "leaderElectionLeaseName": "ops-lease",
+        "leaderElectionLeaseDuration": 30,
+        "leaderElectionRenewDeadline": 20.5,
+        "leaderElectionRetryPeriod": 4.5,
     }
     assert set(custom) == set(_values()["config"]), "add the new setting to this test"
     args = [
@@ -415,10 +435,10 @@ def test_pods_pass_the_restricted_pod_security_standard(scenario: str) -> None:
                 assert "hostPort" not in port, where
 
 
-def test_operator_runs_standalone_with_one_replica() -> None:
+def test_operator_runs_one_replica_by_default() -> None:
+    """More replicas and the upgrade strategy: tests/test_chart_ha.py."""
     spec = _operator_deployment("defaults")["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}, "an upgrade must never run two standalone operators"
     probe = _container(_operator_deployment("defaults"))["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "healthz"}
 
@@ -490,7 +510,7 @@ def test_watching_namespaces_grants_nothing_namespaced_cluster_wide() -> None:
     "setting",
     [
         "replicaCount=abc",
-        "replicaCount=2",  # standalone: two replicas would both act on every resource
+        "replicaCount=6",  # one leader and four standbys are plenty
         "config.logFormat=xml",
         "config.metricsPort=70000",
         "config.workerLimit=0",

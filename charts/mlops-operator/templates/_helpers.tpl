@@ -58,6 +58,9 @@ app.kubernetes.io/component: operator
 {{/* The MLflow URI the operator uses and hands to its pods: the configured one, else the
 embedded server, else the operator's own default (an MLflow Service in mlops-system). */}}
 {{- define "mlops-operator.mlflowTrackingUri" -}}
+{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@" .Values.config.mlflowTrackingUri -}}
+{{- fail "config.mlflowTrackingUri must not carry credentials (user:password@host): they would be copied into every pod spec. Put MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in a Secret and set config.mlflowCredentialsSecret" -}}
+{{- end -}}
 {{- if .Values.config.mlflowTrackingUri -}}
 {{- .Values.config.mlflowTrackingUri -}}
 {{- else if .Values.mlflow.enabled -}}

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from mlops_operator import GROUP
 from mlops_operator.api.modelversion import ModelVersionSpec
 from mlops_operator.controllers.conditions import set_condition
+from mlops_operator.registry.artifacts import redact_uri
 from mlops_operator.registry.mlflow_registry import VersionInfo
 from mlops_operator.resources.modelcard import evaluate_gates, render_model_card
 
@@ -84,6 +85,9 @@ class Observation:
     version: VersionInfo | None
     not_found: str = ""
     production: VersionInfo | None = None
+    #: Why the version's registered source lies outside the registry ("" when inside): the
+    #: server would refuse to download it, so it is never Validated.
+    foreign_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,12 @@ def decide_modelversion(
     info = observed.version
     if info is None:
         return Decision(status=_not_found_status(status, observed.not_found, generation=generation, now=now))
+    if observed.foreign_source:
+        return Decision(
+            status=_foreign_source_status(
+                status, info, observed.foreign_source, generation=generation, now=now
+            )
+        )
     metrics = {**info.metrics, **(spec.metrics or {})}  # the spec's own figures win
     results = evaluate_gates(spec.gates or [], metrics, get_production_baseline(info, observed.production))
     validated = all(result["passed"] for result in results)
@@ -218,6 +228,31 @@ def _resolved_status(
         )
     new["conditions"] = set_condition(
         conditions, "Ready", "True", "Resolved", f"{info.uri} ({info.status})", generation=generation, now=now
+    )
+    return new
+
+
+def _foreign_source_status(
+    status: dict[str, Any], info: VersionInfo, why: str, *, generation: int | None, now: dt.datetime
+) -> dict[str, Any]:
+    """``Rejected``: the registered source is not the registry's, so no gate can make it servable."""
+    message = (
+        f"{info.uri} is registered from {redact_uri(info.source)!r}, outside the configured registry: {why}. "
+        "Model servers refuse to download it; register the version from its training run"
+    )
+    new = dict(status)
+    new.update(resolvedVersion=info.version, uri=info.uri, phase="Rejected")
+    conditions = set_condition(
+        status.get("conditions"),
+        "Validated",
+        "False",
+        "SourceOutsideRegistry",
+        message,
+        generation=generation,
+        now=now,
+    )
+    new["conditions"] = set_condition(
+        conditions, "Ready", "False", "SourceOutsideRegistry", message, generation=generation, now=now
     )
     return new
 

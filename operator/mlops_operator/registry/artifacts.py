@@ -56,6 +56,65 @@ class DigestMismatchError(ModelResolutionError):
     """The downloaded artifacts are not the ones the trainer recorded."""
 
 
+class SourceOutsideRegistryError(ModelResolutionError):
+    """A registered version points at artifacts the configured registry does not hold."""
+
+
+#: Sources that MLflow resolves through the tracking/registry server itself.
+_REGISTRY_SCHEMES = frozenset({"models", "runs", "mlflow-artifacts"})
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without its userinfo (``https://user:pass@host/x`` -> ``https://***@host/x``)."""
+    return _USERINFO.sub(lambda m: m.group(0).split("://", 1)[0] + "://***@", uri)
+
+
+def _scheme(uri: str) -> str:
+    return urlparse(uri).scheme.lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) else ""
+
+
+def is_registry_uri(uri: str) -> bool:
+    """A ``models:/``, ``runs:/`` or ``mlflow-artifacts:/`` URI: resolved by the tracking server itself."""
+    return _scheme(uri) in _REGISTRY_SCHEMES
+
+
+def source_outside_registry(
+    source: str, *, tracking_uri: str | None, run_artifact_uri: str | None
+) -> str | None:
+    """Why a registered version's ``source`` lies outside the configured registry; None when inside.
+
+    Inside means: a ``models:/``, ``runs:/`` or ``mlflow-artifacts:/`` URI (the tracking server
+    resolves those), an ``http(s)`` URI on the tracking server's own host, or a URI under the
+    artifact directory of the run that produced the version (``run_artifact_uri``, where the
+    trainer logs models when artifacts are not proxied: ``s3://bucket/<exp>/<run>/artifacts``).
+    Anything else (a version registered from ``http://elsewhere/model`` or ``file:///etc``, a
+    source with credentials in it or one climbing out with ``..``) would make the server fetch
+    and unpickle artifacts no training run of this registry produced. Pure: the caller looks up
+    the run's artifact URI.
+    """
+    if not source:
+        return None  # nothing to fetch from elsewhere: MLflow resolves the version's URI itself
+    if _USERINFO.match(source):
+        return "it carries credentials (user:password@)"
+    if ".." in urlparse(source).path.split("/"):
+        return "its path climbs out of its directory (..)"
+    scheme = _scheme(source)
+    if scheme in _REGISTRY_SCHEMES:
+        return None
+    on_tracking_host = (
+        bool(tracking_uri) and urlparse(source).netloc.lower() == urlparse(tracking_uri).netloc.lower()
+    )
+    if scheme in {"http", "https"} and on_tracking_host:
+        return None
+    if run_artifact_uri:
+        root = run_artifact_uri.rstrip("/")
+        if source.rstrip("/") == root or source.startswith(root + "/"):
+            return None
+        return f"it is not under its run's artifacts ({redact_uri(root)})"
+    return "it is not an MLflow URI (models:/, runs:/, mlflow-artifacts:/) and no run's artifacts contain it"
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """One input column of the model's signature."""
@@ -199,6 +258,26 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def _refuse_foreign_source(client: Any, uri: str, source: str, run_id: str | None) -> None:
+    """Raise :class:`SourceOutsideRegistryError` when the version's source is not the registry's."""
+    import mlflow
+
+    tracking_uri = mlflow.get_tracking_uri()
+    run_artifact_uri: str | None = None
+    if not is_registry_uri(source) and run_id:
+        try:
+            run_artifact_uri = str(client.get_run(run_id).info.artifact_uri)
+        except Exception as exc:
+            raise _classify(exc, f"run {run_id} of model {uri}") from exc
+    why = source_outside_registry(source, tracking_uri=tracking_uri, run_artifact_uri=run_artifact_uri)
+    if why is not None:
+        raise SourceOutsideRegistryError(
+            f"refusing {uri}: its registered source {redact_uri(source)!r} is outside the configured "
+            f"registry ({redact_uri(tracking_uri)}): {why}. Register the version from its training run "
+            "(runs:/RUN_ID/model or the run's artifact URI); nothing was downloaded"
+        )
+
+
 def resolve_model(
     uri: str,
     *,
@@ -208,7 +287,8 @@ def resolve_model(
     """Download (or locate) the model at ``uri``, verify its digest and read its metadata.
 
     Raises a :class:`ModelResolutionError` subclass with an actionable message: MLflow
-    unreachable, model/version/alias/run not found, or digest mismatch. The digest is checked
+    unreachable, model/version/alias/run not found, a registered source outside the registry
+    (:func:`source_outside_registry`, checked before downloading), or digest mismatch. The digest is checked
     here, before anything is deserialised, so a tampered pickle is never loaded.
     """
     dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="mlops-model-"))
@@ -241,6 +321,7 @@ def resolve_model(
             tags = dict(model_version.tags or {})
             # The version's source is the logged artifacts themselves (models:/m-... or runs:/...).
             source = model_version.source or uri
+            _refuse_foreign_source(client, uri, source, run_id)
         elif match := _RUNS.match(uri):
             run_id = match.group("run_id")
         elif not uri.startswith(("models:/", "runs:/")):

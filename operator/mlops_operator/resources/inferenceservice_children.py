@@ -15,6 +15,7 @@ from mlops_operator.api.inferenceservice import InferenceServiceSpec
 from mlops_operator.resources.object_meta import child_name, labels, owner_reference
 from mlops_operator.resources.pods import (
     log_format_env,
+    mlflow_credentials_env_from,
     restricted_container_security,
     restricted_pod_security,
 )
@@ -147,8 +148,12 @@ def build_predictor_deployment(
     image_pull_policy: str = "IfNotPresent",
     log_format: str = "plain",
     shadow: tuple[str, str] | None = None,
+    mlflow_credentials_secret: str = "",
 ) -> dict[str, Any]:
     """The Deployment serving one model version. ``replicas`` None: left to the HPA.
+
+    ``mlflow_credentials_secret``: the Secret whose keys reach the server as environment
+    variables (``envFrom``) to download the model, never copied into the Deployment.
 
     ``shadow`` (base URL, version): a Shadow rollout's candidate, to which this version's
     servers copy every prediction request (set on stable while the shadow runs).
@@ -200,6 +205,8 @@ def build_predictor_deployment(
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if env_from := mlflow_credentials_env_from(mlflow_credentials_secret):
+        container["envFrom"] = env_from
     if spec.resources is not None:
         container["resources"] = spec.resources.to_api()
     pod_spec: dict[str, Any] = {

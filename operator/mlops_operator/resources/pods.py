@@ -37,3 +37,15 @@ LOG_FORMAT_ENV = "MLOPS_LOG_FORMAT"
 def log_format_env(log_format: str) -> list[dict[str, Any]]:
     """The container env that makes a pod log as the operator does (nothing for plain, the default)."""
     return [] if log_format == "plain" else [{"name": LOG_FORMAT_ENV, "value": log_format}]
+
+
+def mlflow_credentials_env_from(secret: str) -> list[dict[str, Any]]:
+    """The container ``envFrom`` that hands MLflow's client its credentials, by reference.
+
+    The Secret's keys (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` or
+    ``MLFLOW_TRACKING_TOKEN``, and artifact-store keys beside them) become environment variables
+    when the kubelet starts the container; their values never appear in a spec the operator
+    writes. Not optional: a missing Secret holds the pod in ``CreateContainerConfigError``, which
+    says which Secret, rather than a run failing later with 401.
+    """
+    return [{"secretRef": {"name": secret}}] if secret else []

@@ -10,6 +10,7 @@ from mlops_operator.api.trainingjob import RayClusterConfig, TrainingJobSpec
 from mlops_operator.resources.object_meta import child_name, label_value, labels, owner_reference
 from mlops_operator.resources.pods import (
     log_format_env,
+    mlflow_credentials_env_from,
     restricted_container_security,
     restricted_pod_security,
 )
@@ -75,8 +76,12 @@ def build_training_job(
     image_pull_policy: str = "IfNotPresent",
     code_version: str = __version__,
     log_format: str = "plain",
+    mlflow_credentials_secret: str = "",
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``)."""
+    """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``).
+
+    ``mlflow_credentials_secret``: the Secret whose keys reach the trainer as environment
+    variables (``envFrom``), never copied into the Job."""
     name = run_name(owner["metadata"]["name"], number)
     namespace = owner["metadata"].get("namespace", "default")
     run_labels = labels(owner, "training", model=spec.model.name, run=str(number))
@@ -101,6 +106,8 @@ def build_training_job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if env_from := mlflow_credentials_env_from(mlflow_credentials_secret):
+        container["envFrom"] = env_from
     if spec.resources is not None:
         container["resources"] = spec.resources.to_api()
     pod_spec: dict[str, Any] = {
@@ -149,6 +156,7 @@ def build_training_job(
 RAY_HEAD_CONTAINER = "ray-head"
 RAY_WORKER_CONTAINER = "ray-worker"
 RAY_WORKER_GROUP = "trials"
+RAY_SUBMITTER_CONTAINER = "ray-job-submitter"
 
 
 def _ray_pod_template(
@@ -178,6 +186,34 @@ def _ray_pod_template(
     return {"metadata": {"labels": dict(run_labels)}, "spec": pod_spec}
 
 
+def _ray_submitter_template(run_labels: dict[str, str], image: str, image_pull_policy: str) -> dict[str, Any]:
+    """The pod that runs ``ray job submit`` (KubeRay fills in the command): KubeRay's default
+    (head image, 500m/200Mi requests, 1 CPU/1Gi limits, restartPolicy Never), made restricted."""
+    return {
+        "metadata": {"labels": dict(run_labels)},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": restricted_pod_security(),
+            "containers": [
+                {
+                    "name": RAY_SUBMITTER_CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": image_pull_policy,
+                    "env": [{"name": "HOME", "value": "/tmp"}],
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "200Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": restricted_container_security(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
 def build_training_rayjob(
     owner: dict[str, Any],
     spec: TrainingJobSpec,
@@ -189,6 +225,7 @@ def build_training_rayjob(
     image_pull_policy: str = "IfNotPresent",
     code_version: str = __version__,
     log_format: str = "plain",
+    mlflow_credentials_secret: str = "",
 ) -> dict[str, Any]:
     """The KubeRay ``RayJob`` (``ray.io/v1``) of one training run with ``engine: Ray``.
 
@@ -200,7 +237,11 @@ def build_training_rayjob(
     retry is a new cluster) and ``ttlSecondsAfterFinished`` (the cluster's, after the job ends:
     the RayJob itself stays, as the run's record, until the history limits prune it).
 
-    KubeRay writes the container commands itself (``ray start ...``): the templates set none.
+    KubeRay writes the container commands itself (``ray start ...``, ``ray job submit ...``): the
+    templates set none. The submitter pod's template is given, not left to KubeRay's default,
+    because that default has no securityContext and a namespace enforcing the ``restricted`` Pod
+    Security Standard would refuse it. Only the head (where the trainer runs) gets the MLflow
+    credentials Secret.
     """
     ray = spec.ray or RayClusterConfig()
     name = run_name(owner["metadata"]["name"], number)
@@ -221,6 +262,8 @@ def build_training_rayjob(
             log_format=log_format,
         ),
     }
+    if env_from := mlflow_credentials_env_from(mlflow_credentials_secret):
+        head["envFrom"] = env_from
     if spec.resources is not None:
         head["resources"] = spec.resources.to_api()
     worker: dict[str, Any] = {
@@ -248,6 +291,7 @@ def build_training_rayjob(
             "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "backoffLimit": spec.backoff_limit,
+            "submitterPodTemplate": _ray_submitter_template(run_labels, image, image_pull_policy),
             "rayClusterSpec": {
                 "rayVersion": ray.ray_version,
                 "headGroupSpec": {

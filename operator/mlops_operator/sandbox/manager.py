@@ -408,6 +408,14 @@ def build_operator_env(
     return env
 
 
+#: Leader-election timing of the sandbox's operator (the chart's defaults are 15, 10 and 2 s).
+SANDBOX_LEADER_ELECTION = {
+    "MLOPS_LEADER_ELECTION_LEASE_DURATION": "4",
+    "MLOPS_LEADER_ELECTION_RENEW_DEADLINE": "3",
+    "MLOPS_LEADER_ELECTION_RETRY_PERIOD": "1",
+}
+
+
 def start_operator(launch: Launch) -> str:
     """Start the operator against the sandbox (and its MLflow, if any); where its metrics are."""
     log = launch.logs / "operator.log"
@@ -421,6 +429,13 @@ def start_operator(launch: Launch) -> str:
         # of 30 s; an explicit setting still wins.
         reconcile_interval=os.environ.get("MLOPS_RECONCILE_INTERVAL", "5"),
     )
+    # Leader election stays on, as in a cluster, with short timings (one machine, one clock).
+    # The sandbox's operator plays one pod's container: ``restart_operator`` (SIGKILL, then a
+    # fresh process) is the kubelet restarting it, so the successor knows the Lease's holder
+    # was its own dead predecessor and takes over at once, as it would in that pod.
+    for name, value in SANDBOX_LEADER_ELECTION.items():
+        env[name] = os.environ.get(name, value)
+    env.setdefault("POD_NAME", "mlops-operator-sandbox")
     process = _spawn(operator_command(), log, env)
     launch.record("operator", process, log, f"http://127.0.0.1:{metrics}/metrics")
     health = f"http://127.0.0.1:{liveness}/healthz"
