@@ -20,7 +20,7 @@ install: $(STAMP)
 ## run promtool, from Debian's prometheus package: installed here when missing, as bench does wrk.
 test: $(STAMP) lint typecheck
 	command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests benchmarks
@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serving_bench --output BENCHMARKS.md
 	$(BIN)/python -m benchmarks.rollout_bench --output BENCHMARKS.md
 	$(BIN)/python -m benchmarks.scale_bench --output BENCHMARKS.md
+	$(BIN)/python -m benchmarks.scrape_bench --output BENCHMARKS.md
 	$(BIN)/python -m benchmarks.drift_bench --output BENCHMARKS.md
 	$(BIN)/python -m benchmarks.capture_bench --output BENCHMARKS.md
 

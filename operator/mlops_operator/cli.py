@@ -38,12 +38,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (None: every subcommand's).
+
+    Importing a subcommand's module is what costs: ``serve`` brings the model server's stack,
+    ``sandbox`` and ``demo`` the runtime. The operator process (``run``) loads none of them.
+    """
     parser = argparse.ArgumentParser(prog="mlops-operator", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlops-operator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue  # its arguments matter only when it is the one run
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -56,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The subcommand is the first word that is not an option (the top level has only flags).
+    command = next((word for word in words if not word.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    args = parser.parse_args(words)
     unavailable = getattr(args, "_unavailable", None)
     if unavailable:
         print(f"mlops-operator {unavailable}", file=sys.stderr)

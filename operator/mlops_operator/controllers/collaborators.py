@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_operator.config import Settings
 from mlops_operator.kube_client import Kube
+from mlops_operator.monitoring.scraper import Scraper, operator_scraper
 
 if TYPE_CHECKING:
     from mlops_operator.registry.mlflow_registry import Registry
@@ -76,6 +77,9 @@ class Collaborators:
     registry: Registry
     locks: ObjectLocks = field(default_factory=ObjectLocks)
     specs: ParsedSpecs = field(default_factory=ParsedSpecs)
+    #: Reads the model servers' ``/monitoring`` for every InferenceService: one per process, so
+    #: its bound on requests in flight and its memory of failing pods hold across services.
+    scraper: Scraper = field(default_factory=operator_scraper)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Collaborators:

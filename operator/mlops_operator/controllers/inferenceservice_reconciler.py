@@ -18,9 +18,6 @@ weight, and the weight reported is the measured share of ready pods.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +32,7 @@ from mlops_operator.controllers.operator_metrics import (
 from mlops_operator.controllers.trainingjob_runs import RUN_REQUEST_ANNOTATION, RUN_TRIGGER_ANNOTATION
 from mlops_operator.kube_client import NotFound
 from mlops_operator.monitoring.monitoring_summary import summarize
+from mlops_operator.monitoring.scraper import Scraper, ScrapeTarget
 from mlops_operator.registry.mlflow_registry import (
     ModelVersionNotFound,
     RegisteredModelNotFound,
@@ -170,6 +168,7 @@ def _converge_version(
         role=role,
         image_pull_policy=settings.image_pull_policy,
         log_format=settings.log_format,
+        mlflow_credentials_secret=settings.mlflow_credentials_secret,
         shadow=shadow,
     )
     live, _ = ctx.kube.apply(deployment)
@@ -209,6 +208,29 @@ def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def pod_not_ready(pods: list[dict[str, Any]]) -> str | None:
+    """Which pod of this version is not ready, and what it waits on (a readiness probe that does
+    not pass: a model still loading, or one whose load hangs), for the rollout's message."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        if _pod_ready(pod) or pod["metadata"].get("deletionTimestamp"):
+            continue
+        name = pod["metadata"]["name"]
+        probes = {
+            c["name"]: c.get("readinessProbe") or {} for c in pod.get("spec", {}).get("containers") or []
+        }
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            running = (container.get("state") or {}).get("running")
+            if running is not None and not container.get("ready"):
+                path = (probes.get(container["name"], {}).get("httpGet") or {}).get("path")
+                probe = f"its readiness probe (GET {path})" if path else "its readiness probe"
+                return (
+                    f"pod {name}: container {container['name']} runs since {running.get('startedAt', '?')} "
+                    f"but {probe} has not passed"
+                )
+        return f"pod {name} is {pod.get('status', {}).get('phase') or 'Pending'}, not ready"
+    return None
+
+
 def _pods(ctx: Context[InferenceServiceSpec], version: str) -> list[dict[str, Any]]:
     selector = f"mlops.dev/inferenceservice={ctx.name},mlops.dev/model-version={version}"
     return ctx.kube.list("Pod", ctx.namespace, label_selector=selector)
@@ -221,21 +243,32 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def fetch_snapshots(pods: list[dict[str, Any]], timeout: float = 2.0) -> list[dict[str, Any]]:
-    """``GET /monitoring`` of every ready pod; a pod that does not answer is skipped (and logged by the caller)."""
-    snapshots = []
-    for pod in pods:
-        ip = pod.get("status", {}).get("podIP")
-        if not ip or not _pod_ready(pod):
-            continue
-        try:
-            with urllib.request.urlopen(
-                f"http://{ip}:{children.PORT}/monitoring", timeout=timeout
-            ) as response:
-                snapshots.append(json.loads(response.read()))
-        except (OSError, urllib.error.URLError, ValueError):
-            continue
-    return snapshots
+def fetch_snapshots(scraper: Scraper, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``GET /monitoring`` of every ready pod, concurrently; a pod that does not answer is left out.
+
+    ``scraper`` is the operator's one :class:`~mlops_operator.monitoring.scraper.Scraper`
+    (``ctx.collaborators.scraper``): it bounds the requests in flight across all services,
+    gives each pod a total deadline and skips failing pods for a while.
+    """
+    targets = [
+        ScrapeTarget(
+            pod=pod["metadata"]["name"],
+            host=ip,
+            port=children.PORT,
+            # A pod at a reused IP, or Ready again after a restart, is not the one that failed.
+            identity=f"{pod['metadata'].get('uid', '')}/{_ready_since(pod)}",
+        )
+        for pod in pods
+        if (ip := pod.get("status", {}).get("podIP")) and _pod_ready(pod)
+    ]
+    return scraper.fetch(targets) if targets else []
+
+
+def _ready_since(pod: dict[str, Any]) -> str:
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return str(condition.get("lastTransitionTime") or "")
+    return ""
 
 
 def _monitoring(
@@ -248,7 +281,10 @@ def _monitoring(
     if not ctx.spec.monitoring.enabled:
         status.pop("monitoring", None)
         return ("Unknown", "MonitoringDisabled", "spec.monitoring.enabled is false"), None, None
-    summary = summarize(fetch_snapshots(pods) if snapshots is None else snapshots, ctx.spec.monitoring)
+    summary = summarize(
+        fetch_snapshots(ctx.collaborators.scraper, pods) if snapshots is None else snapshots,
+        ctx.spec.monitoring,
+    )
     # No check timestamp here: a status that moves on every scrape is a write per service per
     # interval; the servers' own /metrics say how fresh their figures are.
     status["monitoring"] = dict(summary["status"])
@@ -370,7 +406,7 @@ def observe_version(
     """Read one version's Deployment and pods, and the ``/monitoring`` snapshot of each ready pod."""
     deployment = ctx.kube.get("Deployment", ctx.namespace, children.predictor_name(ctx.name, version)) or {}
     pods = _pods(ctx, version) if deployment else []
-    snapshots = fetch_snapshots(pods) if monitoring and pods else []
+    snapshots = fetch_snapshots(ctx.collaborators.scraper, pods) if monitoring and pods else []
     counters = [
         (
             str((snap.get("counters") or {}).get("instance") or f"pod-{index}"),
@@ -384,6 +420,7 @@ def observe_version(
         ready_replicas=_ready_count(deployment),
         desired_replicas=int(deployment.get("spec", {}).get("replicas") or 0),
         problem=pod_problem(pods),
+        not_ready=pod_not_ready(pods),
         counters=counters,
         drift_share=float(drift) if drift is not None else None,
     )

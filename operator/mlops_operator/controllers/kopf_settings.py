@@ -9,6 +9,7 @@ from prometheus_client import start_http_server
 
 from mlops_operator import GROUP
 from mlops_operator.config import Settings
+from mlops_operator.controllers import kopf_toggles
 from mlops_operator.controllers.operator_metrics import REGISTRY
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -21,10 +22,16 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
 
     - Progress and the last-handled spec live in annotations under ``mlops.dev/``, not in
       ``status``: the status schema stays strict and ``status`` holds only what users read.
-    - Peering is off (``standalone``): one replica with a Lease-free setup; run one replica.
+    - kopf's peering is off (``standalone``): ``mlops-operator run`` starts kopf only once it holds
+      the leader-election Lease (``leader_election.py``), so one replica acts however many run.
+      Peering could not do that: replicas of one Deployment share one priority, and with equal
+      priorities kopf pauses every operator, the leader included.
     - Watches reconnect every few minutes, so a silently dropped connection is noticed.
     - A deleted object's timer is checked for cancellation every second, not every minute.
+    - kopf's start-up wake-ups are made linear (:mod:`.kopf_toggles`): a cold start over
+      thousands of objects was quadratic.
     """
+    kopf_toggles.install()
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -47,8 +54,16 @@ def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     kopf_settings.background.cancellation_polling = 1.0
 
 
+_serving: set[int] = set()
+
+
 def start_metrics_server(port: int) -> None:
-    """Serve the operator's ``/metrics`` on ``port`` (0: off)."""
-    if port:
+    """Serve the operator's ``/metrics`` on ``port`` (0: off); once per port and process.
+
+    ``mlops-operator run`` starts it before the leader election (a standby is scraped too, with
+    ``mlops_operator_leader 0``); kopf's startup handler asks again once leading.
+    """
+    if port and port not in _serving:
         start_http_server(port, registry=REGISTRY)
+        _serving.add(port)
         logger.info("metrics on :%d/metrics", port)

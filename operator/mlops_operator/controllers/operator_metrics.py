@@ -19,6 +19,13 @@ and, per resource (series removed when it is deleted):
 | ``mlops_retrains_requested_total`` | counter | namespace, name, reason | runs an InferenceService asked of its TrainingJob (Drift, AccuracyDrop, DriftAndAccuracyDrop) |
 | ``mlops_trainingjob_runs_total`` | counter | namespace, name, result, reason | finished runs of a TrainingJob (result succeeded or failed; reason Succeeded, DataValidationFailed, ...) |
 | ``mlops_trainingjob_run_duration_seconds`` | histogram | namespace, name, result | a finished run's time from start to completion |
+
+and for the scraping of the model servers' ``/monitoring`` (``monitoring/scraper.py``):
+
+| metric | type | labels | meaning |
+| --- | --- | --- | --- |
+| ``mlops_monitoring_scrapes_total`` | counter | result | pods asked for: success, error, timeout, skipped (backing off after failures), dropped (deadline passed while queued) |
+| ``mlops_monitoring_scrape_duration_seconds`` | histogram | result | time of one pod's scrape (success, error, timeout) |
 """
 
 from __future__ import annotations
@@ -226,3 +233,28 @@ def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)
+
+
+# --- monitoring scrapes ------------------------------------------------------------------------
+
+MONITORING_SCRAPES = Counter(
+    "mlops_monitoring_scrapes_total",
+    "Pods whose /monitoring the operator asked for, by result "
+    "(success, error, timeout, skipped while backing off, dropped when queued past the deadline).",
+    ["result"],
+    registry=REGISTRY,
+)
+MONITORING_SCRAPE_TIME = Histogram(
+    "mlops_monitoring_scrape_duration_seconds",
+    "Time of one pod's /monitoring scrape, by result.",
+    ["result"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
+
+
+def record_scrape(result: str, seconds: float | None) -> None:
+    """Count one pod's scrape and, when a request was made, time it."""
+    MONITORING_SCRAPES.labels(result).inc()
+    if seconds is not None:
+        MONITORING_SCRAPE_TIME.labels(result).observe(seconds)

@@ -29,9 +29,13 @@ import functools
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 #: The bounded retry policy for the operator process (see the module docstring).
 OPERATOR_HTTP_DEFAULTS: Final[Mapping[str, str]] = {
@@ -159,10 +163,23 @@ class Registry:
     ) -> None:
         if bound_retries:
             bound_http_retries()
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+        self._registry_uri = registry_uri or tracking_uri
+        self._mlflow_client: MlflowClient | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def _client(self) -> MlflowClient:
+        """MLflow's client, made on first use: importing mlflow costs ~100 MB of memory and a
+        second of CPU, which an operator whose resources need no registry call never pays."""
+        with self._client_lock:
+            if self._mlflow_client is None:
+                from mlflow import MlflowClient
+
+                self._mlflow_client = MlflowClient(
+                    tracking_uri=self.tracking_uri, registry_uri=self._registry_uri
+                )
+            return self._mlflow_client
 
     # -- error mapping -------------------------------------------------------------------------
 
@@ -292,6 +309,20 @@ class Registry:
                 ) from exc
             return {}
         return {key: _decimal(float(value)) for key, value in sorted(run.data.metrics.items())}
+
+    def run_artifact_uri(self, run_id: str | None) -> str | None:
+        """Where a run's artifacts live (None for no run, or one the tracking server does not have)."""
+        if not run_id:
+            return None
+        try:
+            run = self._client.get_run(run_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(
+                    redact(f"MLflow at {self.tracking_uri} unavailable: {exc}")
+                ) from exc
+            return None
+        return str(run.info.artifact_uri)
 
     def download_run_artifact(self, run_id: str, path: str, dst_path: str | None = None) -> str:
         """Download one artifact (file or directory) of a run; the local path."""

@@ -82,7 +82,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 #: Default significance level of the rollout's statistical gates.
 DEFAULT_ALPHA = 0.05
@@ -224,6 +223,8 @@ def mcnemar_noninferiority(
         raise ValueError(f"need 0 <= b, c and b + c <= n; got b={b}, c={c}, n={n}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    from scipy import stats  # here, not at import: scipy.stats is ~70 MB an idle operator never needs
+
     discordant = b + c
     # Binomial(m, 1/2) is symmetric: the two-sided exact p-value is twice the smaller tail.
     p_value = min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), discordant, 0.5))) if discordant else 1.0
@@ -288,6 +289,8 @@ def simulate_false_rollbacks(
     """
     if rollouts < 1 or looks < 1 or labels_per_look < 1 or not 0 < candidate_share < 1:
         raise ValueError("need rollouts, looks, labels_per_look >= 1 and 0 < candidate_share < 1")
+    from scipy import stats
+
     rng = np.random.default_rng(seed)
     per_candidate = max(1, round(labels_per_look * candidate_share))
     per_stable = max(1, labels_per_look - per_candidate)
