@@ -9,9 +9,13 @@ state: tests never sleep to synchronise.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import pathlib
+import signal
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -147,6 +151,8 @@ class Sandbox:
         )
         self.api = Api(apiserver.url, tokens["admin"], ca)
         self.mlflow_uri: str | None = None
+        #: The MLflow server of ``sandbox_with_mlflow``, for tests that stop and start it.
+        self.mlflow: MlflowServer | None = None
 
     def log(self, pod: str, container: str, namespace: str = "default") -> str:
         path = self.dir / "logs" / f"{namespace}_{pod}_{container}.log"
@@ -258,11 +264,75 @@ def sandbox_with_mlflow(sandbox: Sandbox) -> Iterator[Sandbox]:
     server.start(log)
     try:
         server.wait_ready(timeout=120, log=log)
-        sandbox.mlflow_uri = server.url
+        sandbox.mlflow_uri, sandbox.mlflow = server.url, server
         yield sandbox
     finally:
-        sandbox.mlflow_uri = None
+        sandbox.mlflow_uri, sandbox.mlflow = None, None
         server.stop()
+
+
+def stop_mlflow(sandbox: Sandbox) -> None:
+    """Stop the sandbox's MLflow server (an outage: its URL stops answering)."""
+    assert sandbox.mlflow is not None, "request sandbox_with_mlflow"
+    sandbox.mlflow.stop()
+
+
+def start_mlflow(sandbox: Sandbox) -> None:
+    """Start the sandbox's MLflow server again, on the same port and store (the outage ends)."""
+    assert sandbox.mlflow is not None, "request sandbox_with_mlflow"
+    log = sandbox.dir / "logs" / "mlflow.log"
+    sandbox.mlflow.start(log)
+    sandbox.mlflow.wait_ready(timeout=120, log=log)
+
+
+class OperatorProcess:
+    """The operator (``mlops-operator run -A``) as a process against a sandbox, which a test may
+    kill with SIGKILL (no cleanup at all, as a crashed or evicted pod) and start again."""
+
+    #: The process plays one pod's operator container (POD_NAME), so a restart is the kubelet
+    #: restarting it: the successor takes over its dead predecessor's Lease at once. Short
+    #: timings for the rest (a standby of another "pod" would wait the Lease out).
+    LEADER_ELECTION = {
+        "POD_NAME": "mlops-operator-test",
+        "MLOPS_LEADER_ELECTION_LEASE_DURATION": "4",
+        "MLOPS_LEADER_ELECTION_RENEW_DEADLINE": "3",
+        "MLOPS_LEADER_ELECTION_RETRY_PERIOD": "1",
+    }
+
+    def __init__(self, sandbox: Sandbox, env: dict[str, str] | None = None) -> None:
+        self.sandbox = sandbox
+        self.env = {**self.LEADER_ELECTION, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        liveness, metrics = free_port(), free_port()
+        env = manager.build_operator_env(
+            self.sandbox.operator_kubeconfig, metrics_port=metrics, liveness_port=liveness,
+            mlflow_uri=self.sandbox.mlflow_uri, reconcile_interval=self.env.get("MLOPS_RECONCILE_INTERVAL", "2"),
+        )  # fmt: skip
+        log = self.sandbox.dir / "logs" / "operator.log"
+        self.process = manager._spawn(manager.operator_command(), log, {**env, **self.env})
+        self.starts += 1
+        health = f"http://127.0.0.1:{liveness}/healthz"
+        manager._wait(
+            "the operator", self.process, log, lambda: health if manager._http_ok(health) else None, 60
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the operator's process group and reap it."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_group(self.process.pid, None, grace=10)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from mlops_operator.controllers.modelversion_decisions import (
     decide_registry_unavailable,
     get_pinned_version,
 )
+from mlops_operator.registry.artifacts import is_registry_uri, source_outside_registry
 from mlops_operator.registry.mlflow_registry import (
     ModelVersionNotFound,
     RegisteredModelNotFound,
@@ -56,8 +57,13 @@ def reconcile(ctx: Context[ModelVersionSpec]) -> dict[str, Any]:
         )
         apply_mlflow_effects(registry, decision.effects, ctx.event)
     except RegistryUnavailable as exc:
-        # Transient: keep what we knew, say why it is stale; the timer tries again.
-        return decide_registry_unavailable(ctx.status, str(exc), generation=ctx.generation, now=now)
+        # Transient: keep what we knew, say why it is stale; the timer tries again. Ready=Unknown
+        # posts no flip Event of its own, so the outage is told once here, as it starts.
+        status = decide_registry_unavailable(ctx.status, str(exc), generation=ctx.generation, now=now)
+        ready = [c for c in ctx.status.get("conditions") or [] if c.get("type") == "Ready"]
+        if not ready or ready[0].get("reason") != "RegistryUnavailable":
+            ctx.event("Warning", "RegistryUnavailable", f"cannot reach MLflow, retrying: {exc}")
+        return status
     return decision.status
 
 
@@ -75,7 +81,17 @@ def read_registry(registry: Registry, spec: ModelVersionSpec, status: dict[str, 
         production: VersionInfo | None = registry.resolve_alias(spec.model.name, PRODUCTION_ALIAS)
     except (ModelVersionNotFound, RegisteredModelNotFound):
         production = None
-    return Observation(version=info, production=production)
+    return Observation(
+        version=info, production=production, foreign_source=_foreign_source(registry, info) or ""
+    )
+
+
+def _foreign_source(registry: Registry, info: VersionInfo) -> str | None:
+    """Why the version's source is outside the registry (the server's own rule), None when inside."""
+    run_artifacts = None if is_registry_uri(info.source) else registry.run_artifact_uri(info.run_id)
+    return source_outside_registry(
+        info.source, tracking_uri=registry.tracking_uri, run_artifact_uri=run_artifacts
+    )
 
 
 def _read_version(registry: Registry, spec: ModelVersionSpec, status: dict[str, Any]) -> VersionInfo:

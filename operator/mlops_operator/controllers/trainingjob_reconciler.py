@@ -113,6 +113,13 @@ def _observe(
             continue
         pods = ctx.kube.list("Pod", ctx.namespace, label_selector=f"job-name={name}")
         run = trainingjob_runs.observe_run(job, pods)
+        if (
+            run["phase"] in trainingjob_runs.ACTIVE
+            and run.get("reason")
+            and ((previous or {}).get("message") != run.get("message"))
+        ):
+            # Each failed attempt once (its message names the attempt), as a Warning.
+            ctx.event("Warning", run["reason"], f"run {name}: {run['message']}")
         result = trainingjob_runs.trainer_result(pods) if run["phase"] == "Succeeded" else None
         observed[name] = _settle(ctx, run, result)
     for run in _rayjob_runs(ctx, recorded) if rayjobs_served else []:
@@ -162,6 +169,7 @@ def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str
         mlflow_tracking_uri=settings.mlflow_tracking_uri,
         image_pull_policy=settings.image_pull_policy,
         log_format=settings.log_format,
+        mlflow_credentials_secret=settings.mlflow_credentials_secret,
     )
     ctx.kube.apply(job)
     ctx.event("Normal", "RunStarted", f"run {job['metadata']['name']} started ({trigger}) as a {job['kind']}")
@@ -188,12 +196,13 @@ def _conditions(
     last = last if _finished(last) else None
     if active:
         run = active[0]
+        detail = f": {run['message']}" if run.get("message") else ""
         conditions = set_condition(
             conditions,
             "Running",
             "True",
-            "Running",
-            f"run {run['name']} is {run['phase'].lower()}",
+            run.get("reason") or "Running",  # a failed attempt's reason while the Job retries
+            f"run {run['name']} is {run['phase'].lower()}{detail}",
             generation=generation,
         )
     else:

@@ -140,9 +140,31 @@ def observe_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, An
             run["message"] = f"the run exceeded activeDeadlineSeconds; {run['message']}".rstrip("; ")
     elif status.get("active"):
         run["phase"] = "Running"
+    if run["phase"] in ACTIVE and int(status.get("failed", 0)):
+        _record_retry(run, int(status["failed"]), result, pods)
     if run.get("message"):
         run["message"] = run["message"][:4096]  # the status field's bound
     return {k: v for k, v in run.items() if v is not None}
+
+
+def _record_retry(
+    run: dict[str, Any], failed: int, result: dict[str, Any] | None, pods: list[dict[str, Any]]
+) -> None:
+    """Why the last attempt of a run the Job still retries failed (MLflow down, say).
+
+    Without it the run reads ``Running`` for as long as the retries last, and the reason the
+    trainer gave (``MLflowUnavailable``) is only in a pod nobody looks at.
+    """
+    if result and result.get("status") == "Failed":
+        reason, message = str(result.get("reason") or "AttemptFailed"), str(result.get("message") or "")
+    elif any((_trainer_state(p).get("terminated") or {}).get("reason") == "OOMKilled" for p in pods):
+        reason, message = "OOMKilled", "the trainer ran out of memory: raise spec.resources.limits.memory"
+    else:
+        reason, message = "AttemptFailed", "the trainer exited with an error and left no result"
+    run["reason"] = reason
+    run["message"] = (
+        f"attempt {failed} failed ({f'{reason}: {message}' if message else reason}); the Job retries it"
+    )
 
 
 #: KubeRay's jobDeploymentStatus values (ray.io/v1 RayJobStatus) that mean the run is under way.

@@ -134,6 +134,7 @@ class VersionState:
     ready_replicas: int = 0
     desired_replicas: int = 0
     problem: tuple[str, str] | None = None  # (reason, message) of a pod that will not serve
+    not_ready: str | None = None  # which pod is not ready yet, and what it waits on
     counters: InstanceReadings = ()  # (instance id, cumulative counters) per server process
     drift_share: float | None = None
 
@@ -510,17 +511,18 @@ def _abort(plan: _Plan, phase: str, reason: str, message: str) -> None:
 def _not_ready_yet(plan: _Plan, candidate: VersionState, started: dt.datetime, stable_note: str) -> None:
     """The candidate has no ready replica: wait for it, or abort once past the deadline."""
     waited = (plan.now - started).total_seconds()
+    why = f": {candidate.not_ready}" if candidate.not_ready else ""
     if waited >= plan.deadline:
         _abort(
             plan,
             "Failed",
             "ProgressDeadlineExceeded",
             f"version {candidate.version} has no ready replica after {int(waited)}s "
-            f"(progressDeadlineSeconds {int(plan.deadline)}); stable version {plan.stable} {stable_note}",
+            f"(progressDeadlineSeconds {int(plan.deadline)}){why}; stable version {plan.stable} {stable_note}",
         )
         return
     plan.r["message"] = (
-        f"waiting for version {candidate.version} to become ready ({candidate.ready_replicas} ready)"
+        f"waiting for version {candidate.version} to become ready ({candidate.ready_replicas} ready){why}"
     )
     plan.requeue(min(plan.interval, plan.deadline - waited))
 

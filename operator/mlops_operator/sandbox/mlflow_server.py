@@ -32,6 +32,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def check_port_free(host: str, port: int) -> None:
     """Raise StartupError naming the port if something already listens there."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers bind (uvicorn sets SO_REUSEADDR): connections of a stopped server that
+        # linger in TIME_WAIT do not keep it from starting again on its port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -421,7 +421,8 @@ class Runtime:
         assert self.client is not None
         pods = list(self.cache(PODS).values())
         routes: list[Route] = []
-        services = self.cache(SERVICES)
+        # A snapshot: the loop awaits its writes, and the watch changes the cache meanwhile.
+        services = dict(self.cache(SERVICES))
         http_routes = list(self.cache(HTTP_ROUTES).values())
         for key, service in services.items():
             attached = attached_route(service, http_routes)
