@@ -202,3 +202,23 @@ def test_an_event_redone_from_the_same_status_has_the_same_name() -> None:
         build_event(body, event, later, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))["metadata"]["name"]
         != first["metadata"]["name"]
     )
+
+
+def test_cel_rules_run_again_unless_this_generation_was_accepted() -> None:
+    """A restarted operator skips the CEL rules only for a spec whose status was written for the
+    same generation without InvalidSpec; a new generation, or one refused before, is checked."""
+    from mlops_operator.controllers.base import _accepted_before
+
+    accepted = {
+        "observedGeneration": 3,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Serving"}],
+    }
+    refused = {
+        "observedGeneration": 3,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}],
+    }
+    assert _accepted_before(accepted, 3)
+    assert not _accepted_before(accepted, 4)  # edited since: a new spec
+    assert not _accepted_before(refused, 3)
+    assert not _accepted_before({}, 1)  # never reconciled
+    assert not _accepted_before(accepted, None)

@@ -161,7 +161,7 @@ def _reconcile_locked(
     spec = collaborators.specs.get(uid, kind, generation) if uid and generation is not None else None
     try:
         if spec is None:
-            spec = parse_spec(model, fresh.get("spec"))
+            spec = parse_spec(model, fresh.get("spec"), cel=not _accepted_before(old_status, generation))
             if uid and generation is not None:
                 collaborators.specs.put(uid, kind, generation, spec)
     except InvalidSpecError as exc:
@@ -204,6 +204,16 @@ def _tell_api_failure(
     once per status it failed from and message (best effort: the API server may be down)."""
     verb = exc.call.split(" ", 1)[0].capitalize() if exc.call else "Call"
     post_events(kube, body, [("Warning", f"Failed{verb}", str(exc))], occurrence_of(old_status), logger)
+
+
+def _accepted_before(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether this generation's spec already passed the CEL rules: its status was written for
+    this generation (``observedGeneration``) and does not say ``InvalidSpec``. A spec never
+    changes within a generation, so a restarted operator need not evaluate them again (the
+    API server does not re-validate stored objects either); pydantic still parses the spec."""
+    if generation is None or status.get("observedGeneration") != generation:
+        return False
+    return not any(c.get("reason") == "InvalidSpec" for c in status.get("conditions") or [])
 
 
 def _invalid_status(old: dict[str, Any], message: str, generation: int | None) -> dict[str, Any]:

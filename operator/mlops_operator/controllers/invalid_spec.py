@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from mlops_operator.api import cel
+from mlops_operator.api import cel as cel_rules
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
@@ -36,17 +36,19 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
     return "; ".join(parts)
 
 
-def parse_spec(model: type[SpecT], spec: Mapping[str, Any] | None) -> SpecT:
+def parse_spec(model: type[SpecT], spec: Mapping[str, Any] | None, *, cel: bool = True) -> SpecT:
     """The spec as the pydantic model, or :class:`InvalidSpecError` naming every bad field.
 
     Both the per-field schema (pydantic) and the cross-field CEL rules are checked: on a
     cluster that does not evaluate CEL, this is the only place they are enforced.
+    ``cel=False``: the rules were checked for this spec already (evaluating them in Python
+    was about a quarter of a cold start over 2,000 objects).
     """
     try:
         parsed = model.model_validate(dict(spec or {}))
     except ValidationError as exc:
         raise InvalidSpecError(format_validation_error(exc)) from exc
-    violations = cel.validate_model(model, dict(spec or {}))
+    violations = cel_rules.validate_model(model, dict(spec or {})) if cel else []
     if violations:
         raise InvalidSpecError("; ".join(str(violation) for violation in violations))
     return parsed
