@@ -216,6 +216,30 @@ def test_a_persistent_fault_is_told_on_the_object_and_the_operator_converges_aft
     assert failing.injected >= 4 and throttling.injected >= 4
 
 
+def test_a_refused_call_is_told_on_the_object_and_converges_once_allowed(
+    cluster: Cluster, faults: FaultInjector
+) -> None:
+    """A 403 (the operator's RBAC lacks a rule) is not retried in place, but told as a Warning
+    Event naming the call and the server's words; once the rule exists, the run starts once."""
+    user = "system:serviceaccount:mlops-system:mlops-operator"
+    message = (
+        f'jobs.batch is forbidden: User "{user}" cannot create resource "jobs" in API group "batch" '
+        'in the namespace "default"'
+    )
+    refusing = faults.refuse(
+        "create", code=403, reason="Forbidden", message=message, resource="jobs", count=None
+    )
+    tj = trainingjob(cluster, "refused")
+    event = wait_for(lambda: events_for(cluster, "refused", "FailedCreate"), message="the FailedCreate Event")
+    assert event[0]["type"] == "Warning"
+    assert event[0]["message"] == f"create Job refused-1: HTTP 403: {message} (Forbidden)"
+    assert owned_by(cluster, "Job", tj) == []
+    faults.remove(refusing)
+    assert_one_run(cluster, tj)
+    assert len(events_for(cluster, "refused", "FailedCreate")) == 1  # told once, not every tick
+    assert refusing.injected >= 1
+
+
 @pytest.fixture
 def bare(tmp_path: pathlib.Path) -> Iterator[tuple[ApiServerThread, Kube, Api]]:
     """An API server without an operator: the client under faults, and an administrator's client."""

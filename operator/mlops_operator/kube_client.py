@@ -116,6 +116,15 @@ class ApiTemporaryError(kopf.TemporaryError):
         self.call, self.status, self.reason = call, status, reason
 
 
+class ApiPermanentError(kopf.PermanentError):
+    """A call the API server refused for good (400, 403, 422, ...): retrying the same request
+    cannot help. ``call``, ``status`` and ``reason`` as for :class:`ApiTemporaryError`."""
+
+    def __init__(self, message: str, *, call: str = "", status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.call, self.status, self.reason = call, status, reason
+
+
 class AlreadyExists(ApiTemporaryError):
     """A create found an object of that name (409 AlreadyExists; retried like any conflict)."""
 
@@ -161,7 +170,7 @@ def _api_error(exc: ApiException, what: str, *, after_lost_answer: bool = False)
             status=status,
             reason=reason or "",
         )
-    return kopf.PermanentError(text)
+    return ApiPermanentError(text, call=what, status=status, reason=reason or "")
 
 
 def _refused_tls(exc: Exception) -> bool:

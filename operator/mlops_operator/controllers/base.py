@@ -29,7 +29,7 @@ from mlops_operator.controllers.conditions import set_condition
 from mlops_operator.controllers.invalid_spec import InvalidSpecError, parse_spec
 from mlops_operator.controllers.object_events import occurrence_of, post_events
 from mlops_operator.controllers.operator_metrics import reconcile_metrics
-from mlops_operator.kube_client import ApiTemporaryError, Kube
+from mlops_operator.kube_client import ApiPermanentError, ApiTemporaryError, Kube
 
 if TYPE_CHECKING:
     from mlops_operator.registry.mlflow_registry import Registry
@@ -183,9 +183,10 @@ def _reconcile_locked(
             kube, kind, fresh, old_status, _invalid_status(old_status, str(exc), generation), events, logger
         )
         raise
-    except ApiTemporaryError as exc:
-        # The API server failed a call after the client's retries: kopf retries the handler;
-        # people see which call failed, and why, on the object (kopf posts no Event for it).
+    except (ApiTemporaryError, ApiPermanentError) as exc:
+        # The API server failed a call after the client's retries (kopf retries the handler),
+        # or refused it (a 403 of missing RBAC, a 422 of an invalid child): people see which
+        # call failed, and why, on the object (kopf posts no Event for either).
         _tell_api_failure(kube, fresh, old_status, exc, logger)
         raise
     for action in ctx.after_status:
@@ -196,7 +197,7 @@ def _tell_api_failure(
     kube: Kube,
     body: Mapping[str, Any],
     old_status: dict[str, Any],
-    exc: ApiTemporaryError,
+    exc: ApiTemporaryError | ApiPermanentError,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
     """A Warning Event ``Failed<Verb>`` (FailedCreate, FailedPatch, ... as the Job and ReplicaSet

@@ -226,9 +226,12 @@ class ApiEmulator(KmockHandler):
         slow = self.faults.pick(info, ("slow",))
         if slow is not None:
             await asyncio.sleep(slow.delay)
-        rule = self.faults.pick(info, ("too_many_requests", "internal_error", "conflict"))
+        rule = self.faults.pick(info, ("refuse", "too_many_requests", "internal_error", "conflict"))
         if rule is None:
             return None
+        if rule.fault == "refuse":
+            refused = ApiError(rule.code, rule.reason, rule.message)
+            return json_response(refused.status(), refused.code)
         if rule.fault == "too_many_requests":
             error, headers = too_many_requests(rule.retry_after)
             return json_response(error.status(), error.code, headers)

@@ -15,6 +15,8 @@ RNG, so a test is deterministic. What it answers is what the real server sends:
   then meets 409 ``AlreadyExists``;
 - ``too_many_requests``: 429 ``TooManyRequests`` with a ``Retry-After`` header and
   ``details.retryAfterSeconds``, as API Priority and Fairness rejects a request;
+- ``refuse``: a 4xx the test words (403 ``Forbidden`` of a missing RBAC rule, 422 ``Invalid``
+  of an admission webhook, ...): a refusal that retrying the same request cannot change;
 - ``slow``: the request waits ``delay`` seconds before it is served;
 - ``drop_watch``: a matching watch stream is cut (the connection closed without the end of the
   chunked body) after it has sent ``after_events`` events; :meth:`FaultInjector.drop_watches`
@@ -43,6 +45,7 @@ JsonDict = dict[str, Any]
 
 #: The faults a rule can inject (the keys of :attr:`FaultInjector.injected`).
 FAULTS = (
+    "refuse",
     "conflict",
     "internal_error",
     "stored_then_error",
@@ -114,6 +117,8 @@ class FaultRule:
     code: int = 500  # internal_error / stored_then_error
     retry_after: int = 1  # too_many_requests
     delay: float = 0.0  # slow
+    reason: str = ""  # refuse: the Status reason (Forbidden, Invalid, ...)
+    message: str = ""  # refuse: the Status message
     after_events: int = 0  # drop_watch
     injected: int = 0  # how many requests this rule has answered
 
@@ -174,6 +179,14 @@ class FaultInjector:
     def too_many_requests(self, verb: str | None = None, *, retry_after: int = 1, **select: Any) -> FaultRule:
         """429 TooManyRequests with ``Retry-After: <retry_after>``."""
         return self.add(FaultRule("too_many_requests", verb=verb, retry_after=retry_after, **select))
+
+    def refuse(
+        self, verb: str | None = None, *, code: int = 403, reason: str, message: str, **select: Any
+    ) -> FaultRule:
+        """A 4xx Status with ``reason`` and ``message`` (e.g. 403 Forbidden), before serving."""
+        if not 400 <= code < 500:
+            raise ValueError(f"refuse answers a 4xx, not {code}")
+        return self.add(FaultRule("refuse", verb=verb, code=code, reason=reason, message=message, **select))
 
     def slow(self, verb: str | None = None, *, delay: float, **select: Any) -> FaultRule:
         """Wait ``delay`` seconds before serving the selected requests."""
