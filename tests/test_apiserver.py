@@ -173,6 +173,34 @@ def test_stale_update_is_a_conflict(api: Api, ns: str) -> None:
     assert api("PATCH", path, stale_patch, "application/merge-patch+json")[0] == 409
 
 
+def test_leases_are_validated_as_kube_apiserver_validates_them(api: Api, ns: str) -> None:
+    """Leader election writes Leases: the emulator refuses what the real server refuses."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+    def lease(name: str, **spec: object) -> dict[str, object]:
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+
+    good = lease("ok", holderIdentity="a", leaseDurationSeconds=15, renewTime="2026-12-02T10:00:00.000001Z")
+    status, created = api("POST", path, good)
+    assert status == 201, created
+    status, body = api("POST", path, lease("zero", leaseDurationSeconds=0, leaseTransitions=-1))
+    assert (status, body["reason"]) == (422, "Invalid")
+    assert body["message"] == (
+        'Lease.coordination.k8s.io "zero" is invalid: [spec.leaseDurationSeconds: Invalid value: 0: must be '
+        "greater than 0, spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0]"
+    )
+    status, body = api("POST", path, lease("when", renewTime="yesterday"))
+    assert (status, body["reason"]) == (400, "BadRequest") and 'parsing time "yesterday"' in body["message"]
+    created["spec"]["leaseDurationSeconds"] = -3  # an update is checked the same way
+    status, body = api("PUT", f"{path}/ok", created)
+    assert (status, body["reason"]) == (422, "Invalid")
+
+
 def test_already_exists_and_not_found(api: Api, ns: str) -> None:
     api("POST", f"{WIDGETS}/namespaces/{ns}/widgets", widget("dup"))
     status, body = api("POST", f"{WIDGETS}/namespaces/{ns}/widgets", widget("dup"))

@@ -3,6 +3,7 @@ resources (pruning, defaults, validation) whose dropped fields become warnings."
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from . import errors
@@ -57,3 +58,47 @@ def check_schema(
     if problems:
         raise errors.invalid(rtype.kind, rtype.group, name, problems)
     return [f'unknown field "{p}"' for p in pruned] if directive == "Warn" else []
+
+
+#: metav1.MicroTime on the wire: RFC 3339 with microseconds ("2006-01-02T15:04:05.000000Z07:00").
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
+
+
+def validate_builtin(rtype: ResourceType, obj: JsonDict) -> None:
+    """The builtin kinds' own validation the sandbox relies on: Leases (leader election).
+
+    As kube-apiserver: a MicroTime that does not parse is a decode error (400), a lease duration
+    under 1 s or negative transitions are 422 (``ValidateLeaseSpec``).
+    """
+    if (rtype.group, rtype.plural) != ("coordination.k8s.io", "leases"):
+        return
+    spec = obj.get("spec") or {}
+    for field in ("acquireTime", "renewTime"):
+        value = spec.get(field)
+        if value is None:
+            continue
+        try:
+            valid = isinstance(value, str) and bool(_MICRO_TIME.match(value))
+            valid = valid and dt.datetime.fromisoformat(value.replace("Z", "+00:00")) is not None
+        except ValueError:
+            valid = False
+        if not valid:
+            raise errors.bad_request(
+                f'Lease in version "v1" cannot be handled as a Lease: parsing time "{value}" as '
+                f'"2006-01-02T15:04:05.000000Z07:00": cannot parse "{value}" as a MicroTime (spec.{field})'
+            )
+    problems: list[FieldError] = []
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (
+        not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0
+    ):
+        problems.append(FieldError.invalid("spec.leaseDurationSeconds", duration, "must be greater than 0"))
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (
+        not isinstance(transitions, int) or isinstance(transitions, bool) or transitions < 0
+    ):
+        problems.append(
+            FieldError.invalid("spec.leaseTransitions", transitions, "must be greater than or equal to 0")
+        )
+    if problems:
+        raise errors.invalid(rtype.kind, rtype.group, obj["metadata"].get("name", ""), problems)

@@ -20,7 +20,7 @@ from .errors import FieldError
 from .garbage_collector import GarbageCollector
 from .kind_strategies import KindStrategies, check_namespace_accepts
 from .object_store import JsonDict, ObjectStore, now_rfc3339, present
-from .object_validation import check_schema, validate_metadata
+from .object_validation import check_schema, validate_builtin, validate_metadata
 from .type_registry import TypeRegistry
 
 _SYSTEM_META = (
@@ -105,6 +105,7 @@ class ObjectWriter:
                     break
         name = meta["name"]
         validate_metadata(rtype, obj, strategy.name_pattern)
+        validate_builtin(rtype, obj)
         check_namespace_accepts(self.store, rtype, namespace, name)
         warnings = check_schema(rtype, obj, None, query)
         strategy.admit_create(rtype, obj)
@@ -190,6 +191,7 @@ class ObjectWriter:
                     [FieldError.forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")],
                 )  # fmt: skip
         validate_metadata(rtype, result, strategy.name_pattern)
+        validate_builtin(rtype, result)
         warnings = check_schema(rtype, result, old, query)
         strategy.admit_update(rtype, result, sub)
         if spec_part(result) != spec_part(old):
