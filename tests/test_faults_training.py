@@ -180,8 +180,9 @@ def _kill_at_every_point(
     the points held at each kill."""
     api.create(_trainingjob(name, model))
     kills: list[list[str]] = []
-    while len(hold.held) < len(hold.points):
-        seen = sum(len(k) for k in kills)
+    # Until every point was killed at: a point held while the previous kill was handled (the
+    # restarted operator can get there first) is killed at in the next round.
+    while (seen := sum(len(k) for k in kills)) < len(hold.points):
         wait_for(
             lambda seen=seen: len(hold.held) > seen,
             timeout=180,

@@ -56,6 +56,29 @@ def test_trainingjob_run_succeeds_and_creates_a_model_version(cluster: Api) -> N
     wait_for_condition(cluster, "ModelVersion", "iris-classifier-v1", "Ready", "Unknown")
 
 
+def test_a_run_whose_status_write_was_lost_is_recorded_from_its_job_not_started_again(cluster: Api) -> None:
+    """An operator killed between creating a run's Job and writing status leaves the Job and an
+    old status: the next pass counts the run and takes what it was started for from the Job."""
+    manifest = example("iris-trainingjob.yaml", schedule=None)
+    manifest["metadata"]["name"] = "lost-write"
+    cluster.create(manifest)
+    job = wait_for(lambda: cluster.get("Job", "lost-write-1"), message="the first run's Job")
+    assert job["metadata"]["annotations"]["mlops.dev/spec-hash"]
+    wait_for(lambda: (cluster.get("TrainingJob", "lost-write") or {}).get("status", {}).get("runCount") == 1)
+    # The status as it was before the run started (the write recording it never landed).
+    lost = {"runCount": None, "lastRunSpecHash": None, "runs": None, "lastRun": None}
+    patch_status(cluster, "TrainingJob", "lost-write", lost)
+    result = {"status": "Succeeded", "modelName": "lost-model", "modelVersion": "1", "mlflowRunId": "r",
+              "sha256": "d" * 64, "metrics": {}, "dataset": {"uri": "sklearn://iris", "rows": 150}}  # fmt: skip
+    finish_job(cluster, job, "Complete", "Completed", json.dumps(result), 0)
+    done = wait_for_condition(cluster, "TrainingJob", "lost-write", "Ready", "True")
+    assert done["status"]["runCount"] == 1 and done["status"]["lastRun"]["phase"] == "Succeeded"
+    assert done["status"]["lastRunSpecHash"] == job["metadata"]["annotations"]["mlops.dev/spec-hash"]
+    jobs = [j for j in cluster.list("Job") if j["metadata"]["name"].startswith("lost-write-")]
+    assert [j["metadata"]["name"] for j in jobs] == ["lost-write-1"]
+    assert len(events_for(cluster, "lost-write", "RunStarted")) == 1
+
+
 def test_failed_run_shows_the_trainers_reason(cluster: Api) -> None:
     manifest = example("iris-trainingjob.yaml", schedule=None)
     manifest["metadata"]["name"] = "bad-data"

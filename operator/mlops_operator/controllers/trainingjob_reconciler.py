@@ -157,7 +157,35 @@ def _register(ctx: Context[TrainingJobSpec], run: dict[str, Any], result: dict[s
         )
 
 
-def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str, Any]:
+#: Annotations of a run's Job (or RayJob) saying what it was started for.
+SPEC_HASH_ANNOTATION = "mlops.dev/spec-hash"
+REQUEST_ANNOTATION = "mlops.dev/handled-request"
+SCHEDULE_ANNOTATION = "mlops.dev/schedule-time"
+
+
+def _recover_unrecorded_run(
+    ctx: Context[TrainingJobSpec], status: dict[str, Any], runs: list[dict[str, Any]]
+) -> None:
+    """Record a run whose Job exists but whose status write was lost (the operator died between
+    creating the Job and writing status): count it, and take from its Job what it was started
+    for, so that the same run is not started a second time (``status`` is updated in place)."""
+    newest = max(runs, key=lambda run: run.get("number", 0), default=None)
+    if newest is None or newest.get("number", 0) <= int(status.get("runCount") or 0):
+        return
+    status["runCount"] = newest["number"]
+    child = ctx.kube.get(_kind(newest), ctx.namespace, newest["name"]) or {}
+    started_for = (child.get("metadata") or {}).get("annotations") or {}
+    if started_for.get(SPEC_HASH_ANNOTATION):
+        status["lastRunSpecHash"] = started_for[SPEC_HASH_ANNOTATION]
+    if started_for.get(REQUEST_ANNOTATION):
+        status["lastHandledRequest"] = started_for[REQUEST_ANNOTATION]
+    if started_for.get(SCHEDULE_ANNOTATION):
+        status["lastScheduleTime"] = started_for[SCHEDULE_ANNOTATION]
+
+
+def _start(
+    ctx: Context[TrainingJobSpec], number: int, trigger: str, started_for: dict[str, str]
+) -> dict[str, Any]:
     settings = ctx.settings
     build = build_training_rayjob if ctx.spec.engine == "Ray" else build_training_job
     job = build(
@@ -170,6 +198,7 @@ def _start(ctx: Context[TrainingJobSpec], number: int, trigger: str) -> dict[str
         image_pull_policy=settings.image_pull_policy,
         log_format=settings.log_format,
         mlflow_credentials_secret=settings.mlflow_credentials_secret,
+        run_annotations=started_for,
     )
     ctx.kube.apply(job)
     ctx.event("Normal", "RunStarted", f"run {job['metadata']['name']} started ({trigger}) as a {job['kind']}")
@@ -246,6 +275,7 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
         recorded[last_run["name"]] = dict(last_run)
     rayjobs_served = _serves_rayjobs(ctx, recorded)
     runs = _observe(ctx, recorded, rayjobs_served)
+    _recover_unrecorded_run(ctx, status, runs)
     kuberay_missing = ctx.spec.engine == "Ray" and not rayjobs_served
 
     now = dt.datetime.now(dt.UTC)
@@ -272,9 +302,14 @@ def reconcile(ctx: Context[TrainingJobSpec]) -> dict[str, Any]:
     if decision.start:
         number = int(status.get("runCount") or 0) + 1
         runs = [run for run in runs if run["name"] != run_name(ctx.name, number)]
-        runs.append(_start(ctx, number, decision.start))
+        started_for = {SPEC_HASH_ANNOTATION: trainingjob_runs.spec_hash(ctx.spec)}
+        if decision.handled_request:
+            started_for[REQUEST_ANNOTATION] = decision.handled_request
+        if decision.schedule_time is not None:
+            started_for[SCHEDULE_ANNOTATION] = now_iso(decision.schedule_time)
+        runs.append(_start(ctx, number, decision.start, started_for))
         status["runCount"] = number
-        status["lastRunSpecHash"] = trainingjob_runs.spec_hash(ctx.spec)
+        status["lastRunSpecHash"] = started_for[SPEC_HASH_ANNOTATION]
         if decision.handled_request:
             status["lastHandledRequest"] = decision.handled_request
     if decision.schedule_time is not None:

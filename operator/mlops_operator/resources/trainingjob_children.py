@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mlops_operator import API_VERSION, __version__
@@ -77,6 +78,7 @@ def build_training_job(
     code_version: str = __version__,
     log_format: str = "plain",
     mlflow_credentials_secret: str = "",
+    run_annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job of one training run (the trainer logs in the operator's ``log_format``).
 
@@ -126,7 +128,9 @@ def build_training_job(
             "name": name,
             "namespace": namespace,
             "labels": run_labels,
-            "annotations": {"mlops.dev/trigger": trigger},
+            # What the run was started for (spec hash, request, schedule slot): a status write
+            # that recorded it can be lost (the operator died in between), the Job cannot.
+            "annotations": {"mlops.dev/trigger": trigger, **(run_annotations or {})},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
@@ -226,6 +230,7 @@ def build_training_rayjob(
     code_version: str = __version__,
     log_format: str = "plain",
     mlflow_credentials_secret: str = "",
+    run_annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The KubeRay ``RayJob`` (``ray.io/v1``) of one training run with ``engine: Ray``.
 
@@ -281,7 +286,9 @@ def build_training_rayjob(
             "name": name,
             "namespace": namespace,
             "labels": run_labels,
-            "annotations": {"mlops.dev/trigger": trigger},
+            # What the run was started for (spec hash, request, schedule slot): a status write
+            # that recorded it can be lost (the operator died in between), the Job cannot.
+            "annotations": {"mlops.dev/trigger": trigger, **(run_annotations or {})},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
