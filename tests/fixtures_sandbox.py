@@ -336,6 +336,18 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="module")
+def operator(sandbox_with_mlflow: Sandbox) -> Iterator[OperatorProcess]:
+    """The operator as a process against ``sandbox_with_mlflow``, for the module; tests kill and
+    restart it through the :class:`OperatorProcess`."""
+    process = OperatorProcess(sandbox_with_mlflow)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
 def sandbox_operator(sandbox: Sandbox) -> Iterator[Callable[[], str]]:
     """A function starting the operator (``mlops-operator run -A``) against ``sandbox``, once per module.
 

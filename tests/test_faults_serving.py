@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -77,16 +76,6 @@ for path in sys.argv[2:]:
         )
     print("REGISTERED", info.registered_model_version)
 """
-
-
-@pytest.fixture(scope="module")
-def operator(sandbox_with_mlflow: Sandbox) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(sandbox_with_mlflow)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +280,7 @@ def test_a_canary_that_never_becomes_ready_fails_with_the_reason_while_stable_se
 ) -> None:
     api = sandbox_with_mlflow.api
     good, hanging = versions["good"], versions["hanging"]
-    traffic = _serve(api, "hang", good, deadline=60)
+    traffic = _serve(api, "hang", good, deadline=40)
     try:
         api.patch("InferenceService", "hang", {"spec": {"model": {"version": hanging}}})
         (pod,) = wait_for(lambda: _pods(api, "hang", hanging), timeout=60, message="the canary's pod")
@@ -318,7 +307,7 @@ def test_a_canary_that_never_becomes_ready_fails_with_the_reason_while_stable_se
         isvc = _outcome(api, "hang", hanging)
         rollout = isvc["status"]["rollout"]
         assert (rollout["phase"], rollout["reason"]) == ("Failed", "ProgressDeadlineExceeded"), rollout
-        assert hanging in rollout["message"] and "progressDeadlineSeconds 60" in rollout["message"], rollout
+        assert hanging in rollout["message"] and "progressDeadlineSeconds 40" in rollout["message"], rollout
         assert f"pod {name}" in rollout["message"] and "has not passed" in rollout["message"], rollout
         assert hanging in rollout["rejectedVersions"]
         failed = [

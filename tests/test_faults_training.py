@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,6 @@ from tests.fixtures_sandbox import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def operator(sandbox_with_mlflow: Sandbox) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(sandbox_with_mlflow)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def _trainingjob(name: str, model: str, **changes: Any) -> dict[str, Any]:
