@@ -529,7 +529,12 @@ def test_one_replica_acts_and_a_standby_takes_over(
         asked = {(_kind_of(e), e["verb"]) for e in ha.requests_of(standby)}
         assert asked == {("leases", "get")}, asked
 
-    # The chart's RBAC grants every Lease request the replicas made (as its ServiceAccount).
+    # The chart's RBAC grants every Lease request the replicas made (as its ServiceAccount);
+    # wait for the leader's first renewal (an update), which the check must include.
+    wait_for(
+        lambda: any(_kind_of(e) == "leases" and e["verb"] == "update" for e in ha.requests_of(first)),
+        message="the leader's first renewal",
+    )
     account = UserInfo.service_account(NAMESPACE, "mlops-mlops-operator")
     authorizer = Authorizer.from_objects([*render("defaults"), *BOOTSTRAP], namespace=NAMESPACE)
     lease_requests = {
